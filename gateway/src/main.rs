@@ -1,0 +1,20 @@
+//! `gateway` binary: reads configuration from the environment and serves
+//! [`gateway::app`] until Ctrl-C or SIGTERM.
+
+use anyhow::Context as _;
+use gateway::{DEFAULT_PORT, SERVICE_NAME, SERVICE_VERSION, app};
+use service_kit::{ServiceConfig, server, telemetry};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    telemetry::init().context("failed to initialise telemetry")?;
+    let config = ServiceConfig::from_env(DEFAULT_PORT).context("invalid configuration")?;
+    tracing::info!(
+        service = SERVICE_NAME,
+        version = SERVICE_VERSION,
+        ?config,
+        "starting"
+    );
+    server::serve(app(&config), config.bind_addr, SERVICE_NAME).await?;
+    Ok(())
+}

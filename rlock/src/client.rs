@@ -1,0 +1,149 @@
+//! The per-process lock client: one Redis connection (multiplexed, reconnecting), one pub/sub
+//! connection, one watchdog task. Cheap to clone; create one per process and per Redis.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use opentelemetry::metrics::Meter;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::task::AbortHandle;
+
+use crate::config::LockConfig;
+use crate::keys::{self, LockKeys};
+use crate::lock::RLock;
+use crate::metrics::LockMetrics;
+use crate::multi::MultiLock;
+use crate::pubsub::PubSubHub;
+use crate::watchdog::{self, Watchdog};
+use crate::{LockError, Result};
+
+/// A handle to the lock service of one Redis server. Clones share the connections, the
+/// subscriptions and the watchdog.
+#[derive(Debug, Clone)]
+pub struct LockClient {
+    pub(crate) inner: Arc<ClientInner>,
+}
+
+#[derive(Debug)]
+pub(crate) struct ClientInner {
+    /// Unique id of this client; owner ids are `<id>:<n>`.
+    pub(crate) id: String,
+    pub(crate) conn: ConnectionManager,
+    pub(crate) config: LockConfig,
+    pub(crate) pubsub: PubSubHub,
+    pub(crate) watchdog: Watchdog,
+    pub(crate) metrics: LockMetrics,
+    owner_seq: AtomicU64,
+    watchdog_task: AbortHandle,
+}
+
+impl Drop for ClientInner {
+    fn drop(&mut self) {
+        self.watchdog_task.abort();
+    }
+}
+
+impl LockClient {
+    /// Connect to Redis at `url` (e.g. `redis://127.0.0.1:6379/`), recording metrics through
+    /// the global OpenTelemetry meter provider.
+    pub async fn connect(url: &str, config: LockConfig) -> Result<Self> {
+        Self::connect_with_meter(url, config, &opentelemetry::global::meter("rlock")).await
+    }
+
+    /// Connect, recording metrics with `meter`.
+    pub async fn connect_with_meter(url: &str, config: LockConfig, meter: &Meter) -> Result<Self> {
+        config.validate()?;
+        let client = redis::Client::open(url)?;
+        let conn = client
+            .get_connection_manager_with_config(manager_config(&config))
+            .await?;
+        let pubsub = PubSubHub::start(client).await?;
+        let interval = config.renewal_interval();
+        let inner = Arc::new_cyclic(|weak| ClientInner {
+            id: uuid::Uuid::new_v4().simple().to_string(),
+            conn,
+            pubsub,
+            watchdog: Watchdog::default(),
+            metrics: LockMetrics::new(meter),
+            owner_seq: AtomicU64::new(0),
+            watchdog_task: tokio::spawn(watchdog::run(weak.clone(), interval)).abort_handle(),
+            config,
+        });
+        Ok(LockClient { inner })
+    }
+
+    /// A reentrant lock named `name` with a new owner identity. Acquisitions through the same
+    /// [`RLock`] re-enter; another `RLock` of the same name (here or in another process) is
+    /// excluded. Names must be non-empty and contain no braces.
+    pub fn lock(&self, name: &str) -> Result<RLock> {
+        keys::validate_name(name)?;
+        Ok(RLock::new(
+            Arc::clone(&self.inner),
+            self.keys(name),
+            self.new_owner(),
+        ))
+    }
+
+    /// Several locks taken together, all or nothing, in a canonical order (see [`MultiLock`]).
+    pub fn multi_lock<S: AsRef<str>>(&self, names: &[S]) -> Result<MultiLock> {
+        let mut locks = names
+            .iter()
+            .map(|n| self.lock(n.as_ref()))
+            .collect::<Result<Vec<_>>>()?;
+        locks.sort_by(|a, b| a.keys().lock.cmp(&b.keys().lock));
+        locks.dedup_by(|a, b| a.keys().lock == b.keys().lock);
+        if locks.is_empty() {
+            return Err(LockError::InvalidArgument(
+                "a multi-lock needs at least one name".into(),
+            ));
+        }
+        Ok(MultiLock::new(locks))
+    }
+
+    /// The Redis key names used for the lock `name`.
+    pub fn keys(&self, name: &str) -> LockKeys {
+        LockKeys::new(&self.inner.config.key_prefix, name)
+    }
+
+    /// The settings this client runs with.
+    pub fn config(&self) -> &LockConfig {
+        &self.inner.config
+    }
+
+    /// This client's unique id (the prefix of its owner ids).
+    pub fn id(&self) -> &str {
+        &self.inner.id
+    }
+
+    /// A clone of the client's multiplexed Redis connection, for callers that want to run
+    /// their own commands on the same server.
+    pub fn connection(&self) -> ConnectionManager {
+        self.inner.conn.clone()
+    }
+
+    /// Number of locks the watchdog is currently renewing.
+    pub fn renewing(&self) -> usize {
+        self.inner.watchdog.len()
+    }
+
+    /// Stop renewing leases, as a crashed process would. Locks still held are not released:
+    /// they expire when their lease runs out. Guards of this client stay usable for release.
+    pub fn shutdown(&self) {
+        self.inner.watchdog_task.abort();
+    }
+
+    fn new_owner(&self) -> String {
+        let n = self.inner.owner_seq.fetch_add(1, Ordering::Relaxed);
+        format!("{}:{n}", self.inner.id)
+    }
+}
+
+/// ConnectionManager settings from the lock config: bounded reply and connect times, and
+/// reconnection with backoff.
+pub(crate) fn manager_config(config: &LockConfig) -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_response_timeout(Some(config.response_timeout))
+        .set_connection_timeout(Some(config.connection_timeout))
+        .set_number_of_retries(3)
+        .set_max_delay(std::time::Duration::from_millis(500))
+}

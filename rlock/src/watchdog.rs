@@ -1,0 +1,124 @@
+//! Lease renewal for watchdog locks: one task per client renews every lock it holds, in
+//! batches, every third of the watchdog timeout (Redisson's `LockTask`). Renewal is keyed by
+//! owner and acquisition token, and a lock is taken off the list under the owner's state lock
+//! right after its release script deleted it, so no renewal outlives an unlock.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::client::ClientInner;
+use crate::scripts;
+
+/// What a guard knows about its lease: valid until `valid_until` unless `lost`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LeaseState {
+    pub(crate) valid_until: Instant,
+    pub(crate) lost: bool,
+}
+
+/// Shared sender of one acquisition's lease state.
+pub(crate) type LeaseSender = Arc<watch::Sender<LeaseState>>;
+
+#[derive(Debug)]
+struct RenewEntry {
+    token: u64,
+    lease: LeaseSender,
+}
+
+/// The locks this client renews, by (lock key, owner).
+#[derive(Debug, Default)]
+pub(crate) struct Watchdog {
+    entries: Mutex<HashMap<(String, String), RenewEntry>>,
+}
+
+impl Watchdog {
+    fn entries(&self) -> MutexGuard<'_, HashMap<(String, String), RenewEntry>> {
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn register(&self, key: &str, owner: &str, token: u64, lease: LeaseSender) {
+        self.entries().insert(
+            (key.to_owned(), owner.to_owned()),
+            RenewEntry { token, lease },
+        );
+    }
+
+    /// Stop renewing (key, owner) if it is still registered for `token`.
+    pub(crate) fn deregister(&self, key: &str, owner: &str, token: u64) {
+        let mut entries = self.entries();
+        let k = (key.to_owned(), owner.to_owned());
+        if entries.get(&k).is_some_and(|e| e.token == token) {
+            entries.remove(&k);
+        }
+    }
+
+    /// Number of locks being renewed (for tests and metrics).
+    pub(crate) fn len(&self) -> usize {
+        self.entries().len()
+    }
+}
+
+/// The renewal loop. Holds only a weak reference, so it ends when the client is dropped.
+pub(crate) async fn run(client: Weak<ClientInner>, interval: Duration) {
+    let mut ticker = tokio::time::interval_at(Instant::now() + interval, interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let Some(inner) = client.upgrade() else {
+            return;
+        };
+        renew_all(&inner).await;
+    }
+}
+
+async fn renew_all(inner: &ClientInner) {
+    let lease = inner.config.watchdog_timeout;
+    let lease_ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX);
+    let batch: Vec<((String, String), u64, LeaseSender)> = inner
+        .watchdog
+        .entries()
+        .iter()
+        .map(|(k, e)| (k.clone(), e.token, Arc::clone(&e.lease)))
+        .collect();
+    for chunk in batch.chunks(inner.config.watchdog_batch_size) {
+        let mut invocation = scripts::RENEW.prepare_invoke();
+        invocation.arg(lease_ms);
+        for ((key, owner), token, _) in chunk {
+            invocation.key(key).arg(owner).arg(token);
+        }
+        let sent = Instant::now();
+        let mut conn = inner.conn.clone();
+        match invocation.invoke_async::<Vec<i64>>(&mut conn).await {
+            Ok(results) => {
+                let mut renewed = 0;
+                for (((key, owner), token, sender), result) in chunk.iter().zip(results) {
+                    if result == 1 {
+                        renewed += 1;
+                        sender.send_modify(|s| {
+                            if !s.lost {
+                                s.valid_until = sent + lease;
+                            }
+                        });
+                    } else {
+                        tracing::warn!(lock = %key, %token, "lock lost: renewal found it gone");
+                        inner.watchdog.deregister(key, owner, *token);
+                        sender.send_modify(|s| s.lost = true);
+                        inner.metrics.lost();
+                        inner.metrics.renewed("lost", 1);
+                    }
+                }
+                inner.metrics.renewed("ok", renewed);
+            }
+            Err(err) => {
+                // Keep trying every interval; a guard's `lost()` fires on its own once
+                // `valid_until` passes without a successful renewal.
+                tracing::warn!(error = %err, locks = chunk.len(), "lease renewal failed");
+                inner.metrics.renewed("error", chunk.len() as u64);
+            }
+        }
+    }
+}

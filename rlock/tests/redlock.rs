@@ -1,0 +1,134 @@
+//! RedLock over five throwaway masters: exclusion, monotonic tokens, quorum with two masters
+//! down, refusal with three down.
+
+mod common;
+
+use std::time::Duration;
+
+use rlock::{LockError, RedLock, RedLockConfig};
+use testkit::RedisServer;
+
+use common::config;
+
+fn masters(n: usize) -> Vec<RedisServer> {
+    (0..n)
+        .map(|_| RedisServer::start().expect("redis-server"))
+        .collect()
+}
+
+fn redlock(servers: &[RedisServer]) -> RedLock {
+    let urls: Vec<String> = servers.iter().map(RedisServer::url).collect();
+    RedLock::new(
+        &urls,
+        RedLockConfig {
+            lock: config(),
+            ..RedLockConfig::default()
+        },
+    )
+    .expect("redlock")
+}
+
+const LEASE: Duration = Duration::from_secs(5);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redlock_excludes_and_issues_increasing_tokens() {
+    let servers = masters(5);
+    let a = redlock(&servers);
+    let b = redlock_sharing(&servers, &a);
+    assert_eq!(a.quorum(), 3);
+
+    let mut last = 0;
+    for _ in 0..5 {
+        let g = a
+            .try_acquire("item", Duration::from_secs(1), LEASE)
+            .await
+            .expect("try")
+            .expect("free");
+        assert!(g.is_valid());
+        assert!(g.token() > last, "token {} after {last}", g.token());
+        last = g.token();
+        assert!(
+            b.try_acquire("item", Duration::from_millis(100), LEASE)
+                .await
+                .expect("try")
+                .is_none()
+        );
+        assert_eq!(g.release().await, 5);
+        let g = b
+            .try_acquire("item", Duration::from_secs(1), LEASE)
+            .await
+            .expect("try")
+            .expect("free");
+        assert!(g.token() > last);
+        last = g.token();
+        g.release().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redlock_works_with_two_masters_killed_and_refuses_with_three() {
+    let mut servers = masters(5);
+    let rl = redlock(&servers);
+    let before = rl
+        .try_acquire("q", Duration::from_secs(1), LEASE)
+        .await
+        .expect("try")
+        .expect("all up");
+    let before_token = before.token();
+    before.release().await;
+
+    servers[0].kill();
+    servers[3].kill();
+    let g = rl
+        .try_acquire("q", Duration::from_secs(2), LEASE)
+        .await
+        .expect("two down: quorum of 3");
+    let g = g.expect("three masters still grant it");
+    assert!(
+        g.token() > before_token,
+        "token must still increase with a surviving quorum"
+    );
+    // Still exclusive with two masters down.
+    let other = redlock_sharing(&servers, &rl);
+    assert!(
+        other
+            .try_acquire("q", Duration::from_millis(200), LEASE)
+            .await
+            .expect("try")
+            .is_none()
+    );
+    assert_eq!(g.release().await, 3);
+
+    servers[4].kill();
+    let err = rl
+        .try_acquire("q", Duration::from_millis(500), LEASE)
+        .await
+        .expect_err("no quorum");
+    assert!(
+        matches!(
+            err,
+            LockError::NoQuorum {
+                acquired: 2,
+                masters: 5,
+                quorum: 3
+            }
+        ),
+        "{err:?}"
+    );
+    // Nothing is left behind on the two live masters.
+    for s in [&servers[1], &servers[2]] {
+        let mut conn = common::raw(&s.url()).await;
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("*:{q}")
+            .query_async(&mut conn)
+            .await
+            .expect("keys");
+        assert!(keys.is_empty(), "left behind: {keys:?}");
+    }
+}
+
+/// Another RedLock client (own owner ids) over the same masters and key prefix.
+fn redlock_sharing(servers: &[RedisServer], other: &RedLock) -> RedLock {
+    let urls: Vec<String> = servers.iter().map(RedisServer::url).collect();
+    RedLock::new(&urls, other.config().clone()).expect("redlock")
+}

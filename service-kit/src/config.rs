@@ -1,0 +1,159 @@
+//! Service configuration read from environment variables.
+//!
+//! This is plain [`std::env`](mod@std::env) parsing rather than a configuration crate: a
+//! service has a handful of flat settings, and a few lines of `FromStr` give
+//! precise error messages (naming the offending variable) without another
+//! dependency or a layered-config model nobody needs here.
+//!
+//! Reads go through [`Env`], which is either the process environment or a
+//! fixed map. Tests use the map: in edition 2024 `std::env::set_var` is
+//! `unsafe` (and this workspace forbids `unsafe`), and mutating the process
+//! environment would race with parallel tests anyway.
+
+use std::collections::HashMap;
+use std::fmt::Display;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::str::FromStr;
+
+/// Environment variable holding the socket address to listen on.
+pub const BIND_ADDR: &str = "BIND_ADDR";
+/// Environment variable holding the maximum request body size in bytes.
+pub const BODY_LIMIT_BYTES: &str = "BODY_LIMIT_BYTES";
+
+/// Errors raised while reading configuration; each names its variable.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The variable is set but is not valid UTF-8.
+    #[error("environment variable {name} is not valid UTF-8")]
+    NotUnicode {
+        /// Name of the variable.
+        name: String,
+    },
+    /// The variable is set but its value could not be used.
+    #[error("invalid value {value:?} for environment variable {name}: {reason}")]
+    Invalid {
+        /// Name of the variable.
+        name: String,
+        /// The raw (trimmed) value found.
+        value: String,
+        /// Why the value was rejected.
+        reason: String,
+    },
+}
+
+/// A source of configuration variables: the process environment or a fixed map.
+///
+/// Values are trimmed, and empty values count as unset (so `BIND_ADDR=` in a
+/// compose file falls back to the default instead of failing).
+#[derive(Debug, Clone, Default)]
+pub struct Env {
+    fixed: Option<HashMap<String, String>>,
+}
+
+impl Env {
+    /// Reads from the process environment.
+    pub fn process() -> Self {
+        Self { fixed: None }
+    }
+
+    /// Reads only from the given pairs; the process environment is ignored.
+    pub fn from_pairs<I, K, V>(pairs: I) -> Self
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        Self {
+            fixed: Some(
+                pairs
+                    .into_iter()
+                    .map(|(k, v)| (k.into(), v.into()))
+                    .collect(),
+            ),
+        }
+    }
+
+    /// The trimmed value of `name`, or `None` if it is unset or blank.
+    pub fn raw(&self, name: &str) -> Result<Option<String>, ConfigError> {
+        let value = match &self.fixed {
+            Some(map) => map.get(name).cloned(),
+            None => match std::env::var(name) {
+                Ok(value) => Some(value),
+                Err(std::env::VarError::NotPresent) => None,
+                Err(std::env::VarError::NotUnicode(_)) => {
+                    return Err(ConfigError::NotUnicode {
+                        name: name.to_owned(),
+                    });
+                }
+            },
+        };
+        Ok(value.map(|v| v.trim().to_owned()).filter(|v| !v.is_empty()))
+    }
+
+    /// Parses `name` with [`FromStr`]; `Ok(None)` if it is unset or blank.
+    pub fn parse<T>(&self, name: &str) -> Result<Option<T>, ConfigError>
+    where
+        T: FromStr,
+        T::Err: Display,
+    {
+        self.raw(name)?
+            .map(|value| {
+                value.parse().map_err(|e: T::Err| ConfigError::Invalid {
+                    name: name.to_owned(),
+                    reason: e.to_string(),
+                    value,
+                })
+            })
+            .transpose()
+    }
+
+    /// Parses `name`, falling back to `default` if it is unset or blank.
+    pub fn parse_or<T>(&self, name: &str, default: T) -> Result<T, ConfigError>
+    where
+        T: FromStr,
+        T::Err: Display,
+    {
+        Ok(self.parse(name)?.unwrap_or(default))
+    }
+}
+
+/// Settings every service shares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceConfig {
+    /// Address to listen on (`BIND_ADDR`; default `0.0.0.0:<default_port>`).
+    pub bind_addr: SocketAddr,
+    /// Largest accepted request body in bytes (`BODY_LIMIT_BYTES`; default 64 KiB).
+    pub body_limit_bytes: usize,
+}
+
+impl ServiceConfig {
+    /// Default for [`ServiceConfig::body_limit_bytes`]: 64 KiB.
+    pub const DEFAULT_BODY_LIMIT_BYTES: usize = 64 * 1024;
+
+    /// Loads the configuration from the process environment.
+    pub fn from_env(default_port: u16) -> Result<Self, ConfigError> {
+        Self::from_source(&Env::process(), default_port)
+    }
+
+    /// Loads the configuration from `env`; `default_port` is used when
+    /// `BIND_ADDR` is unset.
+    pub fn from_source(env: &Env, default_port: u16) -> Result<Self, ConfigError> {
+        let bind_addr = env.parse_or(
+            BIND_ADDR,
+            SocketAddr::from((Ipv4Addr::UNSPECIFIED, default_port)),
+        )?;
+        let body_limit_bytes = env.parse_or(BODY_LIMIT_BYTES, Self::DEFAULT_BODY_LIMIT_BYTES)?;
+        if body_limit_bytes == 0 {
+            return Err(ConfigError::Invalid {
+                name: BODY_LIMIT_BYTES.to_owned(),
+                value: body_limit_bytes.to_string(),
+                reason: "must be greater than zero".to_owned(),
+            });
+        }
+        Ok(Self {
+            bind_addr,
+            body_limit_bytes,
+        })
+    }
+}

@@ -1,0 +1,103 @@
+//! Middleware every service applies: request ids, request tracing and a
+//! request body size limit.
+
+use axum::Router;
+use axum::body::HttpBody as _;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::{HeaderName, StatusCode, header};
+use axum::middleware::map_response;
+use axum::response::{IntoResponse, Response};
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tracing::Level;
+
+use crate::problem::{PROBLEM_JSON, Problem};
+
+/// The request-id header: `x-request-id`.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Wraps `router` in the shared middleware stack, outermost first:
+///
+/// 1. `x-request-id`: kept if the client sent one, otherwise a UUIDv4 is
+///    generated; it is echoed on the response.
+/// 2. A `tracing` span per request (`http` at INFO, with `method`, `uri` and
+///    `request_id`) plus an INFO event when the response is ready.
+/// 3. A request body limit of `body_limit_bytes`. Bodies announced larger via
+///    `Content-Length` are refused up front, streamed bodies fail when they
+///    cross the limit; both become `413` problem+json responses. axum's own
+///    2 MB default limit is disabled so this is the only limit in force.
+/// 4. Error responses without a body (axum's 404 for unknown routes, 405,
+///    handlers returning a bare `StatusCode`) get a problem+json body, so
+///    every error a client sees has the same shape.
+///
+/// Apply it last, after all routes are added: like any
+/// [`Router::layer`], it only wraps routes that already exist.
+pub fn with_common_layers<S>(router: Router<S>, body_limit_bytes: usize) -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    router
+        .layer(DefaultBodyLimit::disable())
+        .layer(RequestBodyLimitLayer::new(body_limit_bytes))
+        .layer(map_response(move |response: Response| async move {
+            problem_for_bare_error(response, body_limit_bytes)
+        }))
+        .layer(PropagateRequestIdLayer::new(X_REQUEST_ID))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|request: &Request| {
+                    let request_id = request
+                        .headers()
+                        .get(X_REQUEST_ID)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("-");
+                    tracing::info_span!(
+                        "http",
+                        method = %request.method(),
+                        uri = %request.uri(),
+                        request_id,
+                    )
+                })
+                .on_response(DefaultOnResponse::new().level(Level::INFO)),
+        )
+        .layer(SetRequestIdLayer::new(X_REQUEST_ID, MakeRequestUuid))
+}
+
+/// Turns error responses that carry no problem body into problems:
+///
+/// * a `413` that is not already problem+json (tower-http's plain-text
+///   "length limit exceeded") becomes a 413 problem stating the limit;
+/// * any other 4xx/5xx with an empty body and no `Content-Type` (axum's
+///   unmatched-route 404, its 405, a handler returning a bare
+///   [`StatusCode`]) becomes a problem for that status.
+///
+/// Other headers (`allow`, `retry-after`, ...) are kept. Responses that
+/// already have a body are left alone.
+fn problem_for_bare_error(response: Response, limit: usize) -> Response {
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let content_type = response.headers().get(header::CONTENT_TYPE);
+    let is_problem =
+        content_type.is_some_and(|v| v.as_bytes().starts_with(PROBLEM_JSON.as_bytes()));
+    let problem = if status == StatusCode::PAYLOAD_TOO_LARGE && !is_problem {
+        Problem::payload_too_large(format!("request body exceeds the limit of {limit} bytes"))
+    } else if content_type.is_none() && response.body().size_hint().exact() == Some(0) {
+        Problem::new(status)
+    } else {
+        return response;
+    };
+
+    let original = response.headers().clone();
+    let mut replacement = problem.into_response();
+    for (name, value) in &original {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            replacement
+                .headers_mut()
+                .append(name.clone(), value.clone());
+        }
+    }
+    replacement
+}

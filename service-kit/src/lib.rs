@@ -1,0 +1,31 @@
+//! Shared plumbing for the seckill services: configuration, telemetry,
+//! problem+json errors, extractors, health checks, middleware and serving.
+//!
+//! A service's `main` is typically:
+//!
+//! ```no_run
+//! use service_kit::{config::ServiceConfig, health, layers, server, telemetry};
+//!
+//! #[tokio::main]
+//! async fn main() -> anyhow::Result<()> {
+//!     telemetry::init()?;
+//!     let config = ServiceConfig::from_env(8082)?;
+//!     let app = layers::with_common_layers(
+//!         health::router(env!("CARGO_PKG_NAME"), env!("CARGO_PKG_VERSION")),
+//!         config.body_limit_bytes,
+//!     );
+//!     server::serve(app, config.bind_addr, env!("CARGO_PKG_NAME")).await?;
+//!     Ok(())
+//! }
+//! ```
+
+pub mod config;
+pub mod extract;
+pub mod health;
+pub mod layers;
+pub mod problem;
+pub mod server;
+pub mod telemetry;
+
+pub use config::ServiceConfig;
+pub use problem::Problem;

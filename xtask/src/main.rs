@@ -1,0 +1,105 @@
+//! Project automation for the workspace, run as `cargo xtask <command>`
+//! (the alias lives in `.cargo/config.toml`).
+//!
+//! One module per subcommand; shared plumbing (locating the workspace, running
+//! cargo, Ctrl-C handling) lives here.
+
+mod services;
+mod test;
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+/// Command-line interface of `cargo xtask`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "Project automation for the seckill workspace"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Run every test of the workspace against real Redis and PostgreSQL
+    /// (shared ones when they answer, throwaway ones otherwise).
+    Test(test::TestArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Test(args) => test::run(&args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The workspace root (the parent of this crate's directory).
+fn workspace_root() -> anyhow::Result<PathBuf> {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_owned)
+        .context("xtask's manifest dir has no parent")
+}
+
+/// A `cargo` command run from the workspace root, without the package-specific
+/// variables that `cargo run` set for xtask itself.
+fn cargo() -> anyhow::Result<Command> {
+    let program = std::env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
+    let mut cmd = Command::new(program);
+    cmd.current_dir(workspace_root()?);
+    for (key, _) in std::env::vars_os() {
+        let Some(key) = key.to_str() else { continue };
+        if key.starts_with("CARGO_PKG_")
+            || matches!(
+                key,
+                "CARGO_MANIFEST_DIR"
+                    | "CARGO_MANIFEST_PATH"
+                    | "CARGO_CRATE_NAME"
+                    | "CARGO_BIN_NAME"
+                    | "CARGO_PRIMARY_PACKAGE"
+            )
+        {
+            cmd.env_remove(key);
+        }
+    }
+    Ok(cmd)
+}
+
+/// Set by the Ctrl-C handler.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Installs a Ctrl-C (SIGINT) handler so that xtask outlives the interrupt and can
+/// stop what it started: the first Ctrl-C only sets a flag (child processes in
+/// the foreground process group receive the signal themselves and exit); a second
+/// one exits at once.
+fn catch_interrupts() -> anyhow::Result<()> {
+    ctrlc::set_handler(|| {
+        if INTERRUPTED.swap(true, Ordering::SeqCst) {
+            eprintln!("xtask: interrupted twice, exiting without cleanup");
+            std::process::exit(130);
+        }
+        eprintln!("xtask: interrupted; cleaning up (Ctrl-C again to exit at once)");
+    })
+    .context("installing the Ctrl-C handler")
+}
+
+/// Whether Ctrl-C was pressed since [`catch_interrupts`].
+fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
