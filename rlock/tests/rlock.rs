@@ -467,3 +467,105 @@ async fn invalid_names_and_leases_are_refused() {
         .expect_err("zero");
     assert!(matches!(err, LockError::InvalidArgument(_)));
 }
+
+#[tokio::test]
+async fn metrics_record_waits_holds_outcomes_tokens_and_losses() {
+    use opentelemetry::metrics::MeterProvider as _;
+    use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
+    use opentelemetry_sdk::metrics::{InMemoryMetricExporter, SdkMeterProvider};
+
+    let exporter = InMemoryMetricExporter::default();
+    let provider = SdkMeterProvider::builder()
+        .with_periodic_exporter(exporter.clone())
+        .build();
+    let meter = provider.meter("rlock-test");
+    let c =
+        rlock::LockClient::connect_with_meter(&testkit::redis_url(), short_watchdog(300), &meter)
+            .await
+            .expect("connect");
+    let a = c.lock("metered").expect("lock");
+    let b = c.lock("metered").expect("lock");
+    let g = a.acquire().await.expect("acquire");
+    let again = a.acquire().await.expect("re-enter");
+    assert!(
+        b.try_acquire(Duration::from_millis(20), Lease::Watchdog)
+            .await
+            .expect("try")
+            .is_none()
+    );
+    tokio::time::sleep(Duration::from_millis(250)).await; // one renewal
+    again.release().await.expect("release");
+    g.release().await.expect("release");
+    let lost = b.acquire().await.expect("acquire");
+    let _: () = raw(&testkit::redis_url())
+        .await
+        .del(&b.keys().lock)
+        .await
+        .expect("del");
+    tokio::time::timeout(Duration::from_secs(2), lost.lost())
+        .await
+        .expect("lost");
+    provider.force_flush().expect("flush");
+
+    let metrics = exporter.get_finished_metrics().expect("metrics");
+    let mut sums = std::collections::HashMap::<String, u64>::new();
+    let mut hist = std::collections::HashMap::<String, (u64, Vec<f64>)>::new();
+    for rm in &metrics {
+        for sm in rm.scope_metrics() {
+            for m in sm.metrics() {
+                match m.data() {
+                    AggregatedMetrics::U64(MetricData::Sum(s)) => {
+                        for dp in s.data_points() {
+                            let attrs: Vec<String> = dp
+                                .attributes()
+                                .map(|kv| format!("{}={}", kv.key, kv.value))
+                                .collect();
+                            *sums.entry(format!("{}{attrs:?}", m.name())).or_default() +=
+                                dp.value();
+                            *sums.entry(m.name().to_owned()).or_default() += dp.value();
+                        }
+                    }
+                    AggregatedMetrics::F64(MetricData::Histogram(h)) => {
+                        for dp in h.data_points() {
+                            let e = hist.entry(m.name().to_owned()).or_default();
+                            e.0 += dp.count();
+                            e.1 = dp.bounds().collect();
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    let outcome = |o: &str| {
+        sums.get(&format!(
+            "rlock.acquisitions[\"lock.kind=rlock\", \"outcome={o}\"]"
+        ))
+        .copied()
+        .unwrap_or(0)
+    };
+    assert_eq!(outcome("acquired"), 2, "{sums:?}");
+    assert_eq!(outcome("reentered"), 1, "{sums:?}");
+    assert_eq!(outcome("timeout"), 1, "{sums:?}");
+    assert_eq!(
+        sums.get("rlock.tokens.issued").copied(),
+        Some(2),
+        "{sums:?}"
+    );
+    assert_eq!(sums.get("rlock.lost").copied(), Some(1), "{sums:?}");
+    assert!(
+        sums.get("rlock.renewals").copied().unwrap_or(0) >= 1,
+        "{sums:?}"
+    );
+    let (waits, bounds) = &hist["rlock.wait.duration"];
+    assert_eq!(*waits, 4);
+    assert_eq!(
+        bounds.first().copied(),
+        Some(0.0005),
+        "exponential buckets from 0.5 ms"
+    );
+    assert_eq!(
+        hist["rlock.hold.duration"].0, 1,
+        "one acquisition was released"
+    );
+}
