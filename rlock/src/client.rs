@@ -105,6 +105,20 @@ impl LockClient {
         LockKeys::new(&self.inner.config.key_prefix, name)
     }
 
+    /// Raise the fencing counter of lock `name` to at least `floor`, so every later acquisition
+    /// gets a token above `floor`; returns the counter's value. Use it when the resource
+    /// refused a token from a lock that was still valid: Redis lost its data and the counter
+    /// restarted low. It never lowers the counter, so it cannot make a stale token pass.
+    pub async fn raise_fence(&self, name: &str, floor: u64) -> Result<u64> {
+        keys::validate_name(name)?;
+        let mut conn = self.inner.conn.clone();
+        Ok(crate::scripts::RAISE_FENCE
+            .key(self.keys(name).fence)
+            .arg(floor)
+            .invoke_async(&mut conn)
+            .await?)
+    }
+
     /// The settings this client runs with.
     pub fn config(&self) -> &LockConfig {
         &self.inner.config

@@ -113,6 +113,28 @@ impl RedLock {
         &self.inner.config
     }
 
+    /// Raise the fencing counter of `name` to at least `floor` on every reachable master (see
+    /// [`crate::LockClient::raise_fence`]); returns how many masters answered.
+    pub async fn raise_fence(&self, name: &str, floor: u64) -> Result<usize> {
+        keys::validate_name(name)?;
+        let keys = LockKeys::new(&self.inner.config.lock.key_prefix, name);
+        let answered = join_all(self.inner.masters.iter().map(|m| {
+            let mut conn = m.clone();
+            let fence = keys.fence.clone();
+            async move {
+                let mut invocation = scripts::RAISE_FENCE.prepare_invoke();
+                invocation.key(fence).arg(floor);
+                let call = invocation.invoke_async::<u64>(&mut conn);
+                matches!(
+                    tokio::time::timeout(self.inner.config.lock.response_timeout, call).await,
+                    Ok(Ok(_))
+                )
+            }
+        }))
+        .await;
+        Ok(answered.into_iter().filter(|ok| *ok).count())
+    }
+
     /// Number of masters.
     pub fn masters(&self) -> usize {
         self.inner.masters.len()

@@ -24,5 +24,9 @@ pub(crate) static FORCE_RELEASE: LazyLock<Script> =
 pub(crate) static REDLOCK_FENCE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("../lua/redlock_fence.lua")));
 
+/// Raise a fencing counter to a floor (see `lua/raise_fence.lua`).
+pub(crate) static RAISE_FENCE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("../lua/raise_fence.lua")));
+
 /// Message published on a lock's channel when it becomes free (Redisson's UNLOCK_MESSAGE).
 pub(crate) const RELEASED_MESSAGE: &str = "0";

@@ -569,3 +569,19 @@ async fn metrics_record_waits_holds_outcomes_tokens_and_losses() {
         "one acquisition was released"
     );
 }
+
+#[tokio::test]
+async fn raising_the_fence_lifts_later_tokens_and_never_lowers_it() {
+    let c = client(config()).await;
+    let lock = c.lock("raised").expect("lock");
+    let t1 = lock.acquire().await.expect("acquire");
+    let first = t1.token();
+    t1.release().await.expect("release");
+    assert_eq!(c.raise_fence("raised", 1000).await.expect("raise"), 1000);
+    assert_eq!(
+        c.raise_fence("raised", 10).await.expect("no lowering"),
+        1000
+    );
+    let t2 = lock.acquire().await.expect("acquire");
+    assert!(first < 1000 && t2.token() == 1001, "token {}", t2.token());
+}

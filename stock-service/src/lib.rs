@@ -1,10 +1,26 @@
-//! The stock service: owns flash-sale inventory and reservations.
-//!
-//! For now it only serves `GET /healthz`; the binary in `main.rs` wires it
-//! to configuration, telemetry and the server.
+//! The stock-service: owns flash-sale inventory. An item's stock is split into segments in
+//! PostgreSQL (the source of truth); deductions run a read-modify-write under the configured
+//! strategy's concurrency control (by default a distributed lock per segment, see `rlock`),
+//! and locked writes carry a fencing token the database checks, so a holder whose lock
+//! expired can never write. docs/strategies.md compares the strategies.
 
+pub mod api;
+pub mod cache;
+pub mod config;
+pub mod engine;
+pub mod metrics;
+pub mod store;
+pub mod strategy;
+
+use anyhow::Context as _;
 use axum::Router;
-use service_kit::{ServiceConfig, health, layers};
+use rlock::{LockClient, LockConfig, RedLock, RedLockConfig};
+use service_kit::{health, layers};
+use sqlx::postgres::PgPoolOptions;
+
+pub use config::StockConfig;
+pub use engine::{Stock, StockChange, StockError};
+pub use strategy::Strategy;
 
 /// Service name, as reported by `/healthz` and in logs.
 pub const SERVICE_NAME: &str = env!("CARGO_PKG_NAME");
@@ -13,12 +29,53 @@ pub const SERVICE_NAME: &str = env!("CARGO_PKG_NAME");
 pub const SERVICE_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Port listened on when `BIND_ADDR` is not set.
-pub const DEFAULT_PORT: u16 = 8082;
+pub const DEFAULT_PORT: u16 = StockConfig::DEFAULT_PORT;
 
-/// Builds the HTTP application, wrapped in the shared middleware stack.
-pub fn app(config: &ServiceConfig) -> Router {
-    layers::with_common_layers(
-        health::router(SERVICE_NAME, SERVICE_VERSION),
-        config.body_limit_bytes,
+/// Connect to PostgreSQL (applying migrations) and Redis, and build the engine.
+pub async fn connect(config: StockConfig) -> anyhow::Result<Stock> {
+    let pool = PgPoolOptions::new()
+        .max_connections(config.db_max_connections)
+        .acquire_timeout(std::time::Duration::from_secs(5))
+        .connect(&config.database_url)
+        .await
+        .with_context(|| format!("cannot connect to PostgreSQL at {}", config.database_url))?;
+    store::MIGRATOR
+        .run(&pool)
+        .await
+        .context("database migrations failed")?;
+    let locks = LockClient::connect(&config.redis_url, LockConfig::default())
+        .await
+        .with_context(|| format!("cannot connect to Redis at {}", config.redis_url))?;
+    let redlock = if config.redlock_urls.is_empty() {
+        None
+    } else {
+        Some(
+            RedLock::new(&config.redlock_urls, RedLockConfig::default())
+                .context("bad REDLOCK_URLS")?,
+        )
+    };
+    let cache = cache::StockCache::start(
+        redis::Client::open(config.redis_url.as_str())?,
+        locks.connection(),
+        &config.key_prefix,
+        config.sold_out_ttl,
     )
+    .await
+    .context("cannot subscribe to stock events")?;
+    let metrics = metrics::StockMetrics::new(&opentelemetry::global::meter("stock-service"));
+    Ok(Stock {
+        pool,
+        locks,
+        redlock,
+        cache,
+        config,
+        metrics,
+    })
+}
+
+/// The HTTP application: the stock API and `/healthz`, with the shared middleware.
+pub fn app(stock: Stock) -> Router {
+    let body_limit = stock.config.service.body_limit_bytes;
+    let router = api::routes(stock).merge(health::router(SERVICE_NAME, SERVICE_VERSION));
+    layers::with_common_layers(router, body_limit)
 }

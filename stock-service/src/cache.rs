@@ -1,0 +1,344 @@
+//! The service's own Redis state: an advisory per-segment availability cache (to pick
+//! segments and skip empty ones), the sold-out flag with its cross-instance clearing, and the
+//! per-segment counters of the redis-atomic strategy. None of it is the source of truth: a
+//! stale value costs a wasted attempt, and every answer that matters comes from PostgreSQL.
+
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use redis::AsyncCommands;
+use redis::aio::ConnectionManager;
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
+
+/// Keys of one item (hash-tagged by SKU, so one item's keys share a cluster slot).
+#[derive(Debug, Clone)]
+pub struct ItemKeys {
+    /// Advisory availability per segment (hash: segment -> units).
+    pub avail: String,
+    /// Present while the item is sold out; holds the epoch it was marked in.
+    pub sold_out: String,
+    /// Bumped on every restock/release, so a sold-out mark computed before it is refused.
+    pub epoch: String,
+    /// redis-atomic's authoritative-for-Redis counters (hash: segment -> units).
+    pub counters: String,
+}
+
+const EVENTS: &str = "events";
+
+/// Mark sold out only if no restock happened since `epoch` was read, and tell every instance.
+/// KEYS[1] epoch, KEYS[2] sold-out flag, KEYS[3] events channel; ARGV[1] epoch seen, ARGV[2] sku.
+static MARK_SOLD_OUT: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
+if (redis.call('get', KEYS[1]) or '0') ~= ARGV[1] then return 0 end
+redis.call('set', KEYS[2], ARGV[1])
+redis.call('publish', KEYS[3], 'soldout ' .. ARGV[2])
+return 1",
+    )
+});
+
+/// Take `qty` from the counters: from one segment if one has enough (starting at ARGV[2]),
+/// else greedily across segments if they have enough together. Returns a flat list
+/// {segment, units, ...}; empty when there is not enough; {-1} when the hash is missing.
+/// KEYS[1] counters; ARGV[1] qty; ARGV[2] start segment; ARGV[3] segment count.
+static TAKE: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
+if redis.call('exists', KEYS[1]) == 0 then return {-1} end
+local qty = tonumber(ARGV[1]); local start = tonumber(ARGV[2]); local n = tonumber(ARGV[3])
+local values = {}
+local total = 0
+for i = 0, n - 1 do
+  local s = (start + i) % n
+  local v = tonumber(redis.call('hget', KEYS[1], s) or '0')
+  if v >= qty then
+    redis.call('hincrby', KEYS[1], s, -qty)
+    return {s, qty}
+  end
+  values[i + 1] = v
+  total = total + v
+end
+if total < qty then return {} end
+local out = {}
+for i = 0, n - 1 do
+  if qty == 0 then break end
+  local s = (start + i) % n
+  local take = math.min(values[i + 1], qty)
+  if take > 0 then
+    redis.call('hincrby', KEYS[1], s, -take)
+    table.insert(out, s); table.insert(out, take)
+    qty = qty - take
+  end
+end
+return out",
+    )
+});
+
+/// Redis state of the stock-service.
+#[derive(Debug, Clone)]
+pub struct StockCache {
+    conn: ConnectionManager,
+    prefix: String,
+    sold_out_ttl: Duration,
+    local: Arc<Mutex<HashMap<String, Instant>>>,
+    _listener: Arc<AbortOnDrop>,
+}
+
+#[derive(Debug)]
+struct AbortOnDrop(AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl StockCache {
+    /// Connect the event listener (sold-out / restock broadcasts) and return the cache.
+    pub async fn start(
+        client: redis::Client,
+        conn: ConnectionManager,
+        prefix: &str,
+        sold_out_ttl: Duration,
+    ) -> redis::RedisResult<Self> {
+        let local: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+        let channel = format!("{prefix}:{EVENTS}");
+        let mut pubsub = client.get_async_pubsub().await?;
+        pubsub.subscribe(&channel).await?;
+        let listener = tokio::spawn(listen(client, channel, pubsub, Arc::clone(&local)));
+        Ok(StockCache {
+            conn,
+            prefix: prefix.to_owned(),
+            sold_out_ttl,
+            local,
+            _listener: Arc::new(AbortOnDrop(listener.abort_handle())),
+        })
+    }
+
+    /// Key names of `sku`.
+    pub fn keys(&self, sku: &str) -> ItemKeys {
+        let base = format!("{}:{{{sku}}}", self.prefix);
+        ItemKeys {
+            avail: format!("{base}:avail"),
+            sold_out: format!("{base}:soldout"),
+            epoch: format!("{base}:epoch"),
+            counters: format!("{base}:counters"),
+        }
+    }
+
+    fn local(&self) -> MutexGuard<'_, HashMap<String, Instant>> {
+        self.local.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The fast path: true when this instance knows the item is sold out. No I/O unless the
+    /// local flag is older than the TTL, then one GET to confirm it.
+    pub async fn is_sold_out(&self, sku: &str) -> bool {
+        let Some(since) = self.local().get(sku).copied() else {
+            return false;
+        };
+        if since.elapsed() < self.sold_out_ttl {
+            return true;
+        }
+        let mut conn = self.conn.clone();
+        let still: bool = conn.exists(self.keys(sku).sold_out).await.unwrap_or(false);
+        let mut local = self.local();
+        if still {
+            local.insert(sku.to_owned(), Instant::now());
+        } else {
+            local.remove(sku);
+        }
+        still
+    }
+
+    /// Current restock epoch (read before checking the database for a sold-out verdict).
+    pub async fn epoch(&self, sku: &str) -> redis::RedisResult<String> {
+        let mut conn = self.conn.clone();
+        let e: Option<String> = conn.get(self.keys(sku).epoch).await?;
+        Ok(e.unwrap_or_else(|| "0".into()))
+    }
+
+    /// Mark sold out if the epoch is still `epoch`; every instance learns it through the
+    /// event channel (this one too: the flag is set only by the listener, in order with
+    /// restock events).
+    pub async fn mark_sold_out(&self, sku: &str, epoch: &str) -> redis::RedisResult<bool> {
+        let k = self.keys(sku);
+        let mut conn = self.conn.clone();
+        let marked: i64 = MARK_SOLD_OUT
+            .key(k.epoch)
+            .key(k.sold_out)
+            .key(format!("{}:{EVENTS}", self.prefix))
+            .arg(epoch)
+            .arg(sku)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(marked == 1)
+    }
+
+    /// Stock came back (reset or release): new epoch, flag cleared everywhere.
+    pub async fn restocked(&self, sku: &str) -> redis::RedisResult<()> {
+        let k = self.keys(sku);
+        let mut conn = self.conn.clone();
+        let _: () = redis::pipe()
+            .atomic()
+            .incr(&k.epoch, 1)
+            .ignore()
+            .del(&k.sold_out)
+            .ignore()
+            .publish(
+                format!("{}:{EVENTS}", self.prefix),
+                format!("restock {sku}"),
+            )
+            .ignore()
+            .query_async(&mut conn)
+            .await?;
+        self.local().remove(sku);
+        Ok(())
+    }
+
+    /// Advisory availability per segment (empty when unknown).
+    pub async fn availability(&self, sku: &str) -> HashMap<i32, i64> {
+        let mut conn = self.conn.clone();
+        conn.hgetall(self.keys(sku).avail).await.unwrap_or_default()
+    }
+
+    /// Record segments' availability after a committed change (best effort).
+    pub async fn set_availability(&self, sku: &str, values: &[(i32, i64)]) {
+        if values.is_empty() {
+            return;
+        }
+        let mut conn = self.conn.clone();
+        let r: redis::RedisResult<()> = conn.hset_multiple(self.keys(sku).avail, values).await;
+        if let Err(err) = r {
+            tracing::debug!(%sku, error = %err, "availability cache not updated");
+        }
+    }
+
+    /// Replace the item's Redis state after a reset: availability and redis-atomic counters.
+    pub async fn reset(&self, sku: &str, values: &[(i32, i64)]) -> redis::RedisResult<()> {
+        let k = self.keys(sku);
+        let mut conn = self.conn.clone();
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .del(&k.avail)
+            .ignore()
+            .del(&k.counters)
+            .ignore();
+        if !values.is_empty() {
+            pipe.hset_multiple(&k.avail, values).ignore();
+            pipe.hset_multiple(&k.counters, values).ignore();
+        }
+        let _: () = pipe.query_async(&mut conn).await?;
+        self.restocked(sku).await
+    }
+
+    /// redis-atomic: take `qty` from the counters. `None` when the counters are missing
+    /// (Redis lost them), `Some(empty)` when there is not enough.
+    pub async fn take(
+        &self,
+        sku: &str,
+        qty: i64,
+        start: i32,
+        segments: i32,
+    ) -> redis::RedisResult<Option<Vec<(i32, i64)>>> {
+        let mut conn = self.conn.clone();
+        let flat: Vec<i64> = TAKE
+            .key(self.keys(sku).counters)
+            .arg(qty)
+            .arg(start)
+            .arg(segments)
+            .invoke_async(&mut conn)
+            .await?;
+        if flat.first() == Some(&-1) {
+            return Ok(None);
+        }
+        Ok(Some(
+            flat.chunks_exact(2)
+                .filter_map(|c| i32::try_from(c[0]).ok().map(|s| (s, c[1])))
+                .collect(),
+        ))
+    }
+
+    /// redis-atomic: give units back to the counters (a failed database write, a release).
+    pub async fn give_back(&self, sku: &str, parts: &[(i32, i64)]) -> redis::RedisResult<()> {
+        let key = self.keys(sku).counters;
+        let mut conn = self.conn.clone();
+        let mut pipe = redis::pipe();
+        for (segment, qty) in parts {
+            pipe.hincr(&key, segment, *qty).ignore();
+        }
+        pipe.query_async(&mut conn).await
+    }
+
+    /// redis-atomic: re-seed missing counters from the database (fields that exist are kept).
+    pub async fn seed_counters(&self, sku: &str, values: &[(i32, i64)]) -> redis::RedisResult<()> {
+        let key = self.keys(sku).counters;
+        let mut conn = self.conn.clone();
+        let mut pipe = redis::pipe();
+        for (segment, qty) in values {
+            pipe.hset_nx(&key, segment, *qty).ignore();
+        }
+        pipe.query_async(&mut conn).await
+    }
+
+    /// redis-atomic: overwrite one counter (after the database refused a write it allowed).
+    pub async fn correct_counter(
+        &self,
+        sku: &str,
+        segment: i32,
+        value: i64,
+    ) -> redis::RedisResult<()> {
+        let mut conn = self.conn.clone();
+        conn.hset(self.keys(sku).counters, segment, value).await
+    }
+
+    /// Sum of redis-atomic's counters (to measure drift against the database).
+    pub async fn counters_total(&self, sku: &str) -> redis::RedisResult<Option<i64>> {
+        let mut conn = self.conn.clone();
+        let values: HashMap<i32, i64> = conn.hgetall(self.keys(sku).counters).await?;
+        Ok((!values.is_empty()).then(|| values.values().sum()))
+    }
+}
+
+/// Apply sold-out / restock broadcasts to the local flags; resubscribe after a disconnect and
+/// drop every local flag then (a restock may have been missed).
+async fn listen(
+    client: redis::Client,
+    channel: String,
+    mut pubsub: redis::aio::PubSub,
+    local: Arc<Mutex<HashMap<String, Instant>>>,
+) {
+    loop {
+        {
+            let mut stream = pubsub.on_message();
+            while let Some(msg) = stream.next().await {
+                let Ok(text) = msg.get_payload::<String>() else {
+                    continue;
+                };
+                let mut flags = local.lock().unwrap_or_else(PoisonError::into_inner);
+                match text.split_once(' ') {
+                    Some(("soldout", sku)) => {
+                        flags.insert(sku.to_owned(), Instant::now());
+                    }
+                    Some(("restock", sku)) => {
+                        flags.remove(sku);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        local.lock().unwrap_or_else(PoisonError::into_inner).clear();
+        let mut backoff = Duration::from_millis(50);
+        pubsub = loop {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+            if let Ok(mut p) = client.get_async_pubsub().await {
+                if p.subscribe(&channel).await.is_ok() {
+                    break p;
+                }
+            }
+        };
+    }
+}

@@ -1,0 +1,923 @@
+//! Deductions and releases: pick segments, take the strategy's lock, run the read-modify-write
+//! with the strategy's write guard, record the movement, all in one transaction.
+
+use std::time::Duration;
+
+use rand::Rng;
+use rlock::{Lease, LockClient, LockError, LockGuard, MultiGuard, RedGuard, RedLock};
+use serde::Serialize;
+use sqlx::PgPool;
+
+use crate::cache::StockCache;
+use crate::config::StockConfig;
+use crate::metrics::StockMetrics;
+use crate::store::{self, ItemStock, Movement, MovementKind, Part, SegmentRow, WriteGuard};
+use crate::strategy::Strategy;
+
+/// Largest quantity one deduction may ask for.
+pub const MAX_QTY: i64 = 10_000;
+/// Largest item a reset may create.
+pub const MAX_TOTAL: i64 = 1_000_000_000;
+/// Most segments an item may have.
+pub const MAX_SEGMENTS: i32 = 1024;
+
+/// What a deduction or release did (or, replayed, what it did the first time).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct StockChange {
+    /// The order.
+    pub order_id: String,
+    /// The item.
+    pub sku: String,
+    /// Units in total.
+    pub qty: i64,
+    /// Units per segment.
+    pub parts: Vec<Part>,
+    /// Strategy of the instance that made the change.
+    pub strategy: String,
+    /// True when this answer repeats an earlier request's result.
+    pub replayed: bool,
+}
+
+impl StockChange {
+    fn from_movement(m: Movement, replayed: bool) -> Self {
+        StockChange {
+            order_id: m.order_id,
+            sku: m.sku,
+            qty: m.qty,
+            parts: m.parts,
+            strategy: m.strategy,
+            replayed,
+        }
+    }
+}
+
+/// Why a stock operation did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum StockError {
+    /// Bad input; nothing was changed.
+    #[error("{0}")]
+    Invalid(String),
+    /// No such item.
+    #[error("unknown item {0:?}")]
+    NotFound(String),
+    /// Every segment is empty.
+    #[error("item {0:?} is sold out")]
+    SoldOut(String),
+    /// Some stock left, but less than asked for.
+    #[error("only {available} left of item {sku:?}, {requested} requested")]
+    Insufficient {
+        /// The item.
+        sku: String,
+        /// Units left.
+        available: i64,
+        /// Units asked for.
+        requested: i64,
+    },
+    /// A release for an order that has no deduction of this item.
+    #[error("order {order_id:?} has no deduction of item {sku:?}")]
+    NoDeduction {
+        /// The order.
+        order_id: String,
+        /// The item.
+        sku: String,
+    },
+    /// The order id was already used for another item.
+    #[error("order {order_id:?} was used for item {other:?}")]
+    OrderConflict {
+        /// The order.
+        order_id: String,
+        /// The item it was used for.
+        other: String,
+    },
+    /// The item was reset after the order's deduction; its stock cannot go back.
+    #[error("item {0:?} was reset after this order's deduction")]
+    ResetSince(String),
+    /// The lock could not be had within the configured wait.
+    #[error("lock wait timed out")]
+    LockTimeout,
+    /// The database refused a fenced write: this holder's lock was lost.
+    #[error("write refused by the fencing token: the lock was lost")]
+    FenceRejected,
+    /// The optimistic strategy kept losing the race.
+    #[error("too many write conflicts")]
+    Conflict,
+    /// PostgreSQL failed.
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    /// The lock failed.
+    #[error("lock: {0}")]
+    Lock(#[from] LockError),
+    /// Redis failed.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+/// What one locked read-modify-write came to.
+enum Rmw {
+    Done {
+        movement: Movement,
+        after: Vec<(i32, i64)>,
+    },
+    /// Not enough stock in the segments read (their availability as read).
+    Insufficient(Vec<(i32, i64)>),
+    /// The write guard refused the write of `row`.
+    Rejected { row: SegmentRow, token: Option<i64> },
+    /// A concurrent request for the same order won.
+    Duplicate,
+}
+
+/// The change a read-modify-write makes.
+enum Op {
+    Deduct(i64),
+    Release(Vec<Part>),
+}
+
+/// What is held while the read-modify-write runs.
+enum Held {
+    Nothing,
+    One(LockGuard),
+    Many(MultiGuard),
+    Red(Vec<RedGuard>),
+}
+
+impl Held {
+    fn token(&self, lock_name: &str) -> Option<i64> {
+        let t = match self {
+            Held::Nothing => None,
+            Held::One(g) => Some(g.token()),
+            Held::Many(m) => m.token(lock_name),
+            Held::Red(gs) => gs
+                .iter()
+                .find(|g| g.name() == lock_name)
+                .map(RedGuard::token),
+        };
+        t.and_then(|t| i64::try_from(t).ok())
+    }
+
+    fn still_valid(&self) -> bool {
+        match self {
+            Held::Nothing => true,
+            Held::One(g) => !g.is_lost(),
+            Held::Many(m) => !m.is_lost(),
+            Held::Red(gs) => gs.iter().all(RedGuard::is_valid),
+        }
+    }
+
+    async fn release(self) {
+        let result = match self {
+            Held::Nothing => Ok(()),
+            Held::One(g) => g.release().await,
+            Held::Many(m) => m.release().await,
+            Held::Red(gs) => {
+                for g in gs {
+                    g.release().await;
+                }
+                Ok(())
+            }
+        };
+        if let Err(err) = result {
+            tracing::debug!(error = %err, "lock release after the critical section failed");
+        }
+    }
+}
+
+/// The stock engine of one service instance.
+#[derive(Debug, Clone)]
+pub struct Stock {
+    /// PostgreSQL pool.
+    pub pool: PgPool,
+    /// Lock client on the main Redis.
+    pub locks: LockClient,
+    /// RedLock masters (strategy `redlock` only).
+    pub redlock: Option<RedLock>,
+    /// Redis cache and sold-out flag.
+    pub cache: StockCache,
+    /// Settings.
+    pub config: StockConfig,
+    /// Instruments.
+    pub metrics: StockMetrics,
+}
+
+/// Check a SKU: 1 to 64 characters of `A-Z a-z 0-9 . _ -`.
+pub fn validate_sku(sku: &str) -> Result<(), StockError> {
+    valid_id(sku, 64, b"._-").then_some(()).ok_or_else(|| {
+        StockError::Invalid(format!(
+            "sku {sku:?} must be 1-64 characters of letters, digits, '.', '_' or '-'"
+        ))
+    })
+}
+
+/// Check an order id: 1 to 128 characters of `A-Z a-z 0-9 . _ - :`.
+pub fn validate_order_id(order_id: &str) -> Result<(), StockError> {
+    valid_id(order_id, 128, b"._-:").then_some(()).ok_or_else(|| {
+        StockError::Invalid(format!(
+            "order_id {order_id:?} must be 1-128 characters of letters, digits, '.', '_', '-' or ':'"
+        ))
+    })
+}
+
+fn valid_id(s: &str, max: usize, extra: &[u8]) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || extra.contains(&b))
+}
+
+impl Stock {
+    fn strategy(&self) -> Strategy {
+        self.config.strategy
+    }
+
+    fn lease(&self) -> Lease {
+        self.config.lock_lease.map_or(Lease::Watchdog, Lease::Fixed)
+    }
+
+    fn segment_lock(&self, sku: &str, segment: i32) -> String {
+        format!("{}:{sku}:{segment}", self.config.key_prefix)
+    }
+
+    fn item_lock(&self, sku: &str) -> String {
+        format!("{}:{sku}", self.config.key_prefix)
+    }
+
+    /// Create or reset an item with `total` units over `segments` segments.
+    pub async fn reset(
+        &self,
+        sku: &str,
+        total: i64,
+        segments: i32,
+    ) -> Result<ItemStock, StockError> {
+        validate_sku(sku)?;
+        if !(0..=MAX_TOTAL).contains(&total) {
+            return Err(StockError::Invalid(format!(
+                "total must be between 0 and {MAX_TOTAL}"
+            )));
+        }
+        if !(1..=MAX_SEGMENTS).contains(&segments) {
+            return Err(StockError::Invalid(format!(
+                "segments must be between 1 and {MAX_SEGMENTS}"
+            )));
+        }
+        let item = store::reset_item(&self.pool, sku, total, segments).await?;
+        let values: Vec<(i32, i64)> = item
+            .segments
+            .iter()
+            .map(|s| (s.segment, s.available))
+            .collect();
+        self.cache.reset(sku, &values).await?;
+        self.metrics.stock_level(&item);
+        Ok(item)
+    }
+
+    /// The item's stock, or `NotFound`.
+    pub async fn item(&self, sku: &str) -> Result<ItemStock, StockError> {
+        validate_sku(sku)?;
+        store::item(&self.pool, sku)
+            .await?
+            .ok_or_else(|| StockError::NotFound(sku.to_owned()))
+    }
+
+    /// The deduction recorded for `order_id` on `sku`, if any (how a caller whose request's
+    /// outcome is unknown finds out what happened).
+    pub async fn deduction(&self, sku: &str, order_id: &str) -> Result<StockChange, StockError> {
+        validate_sku(sku)?;
+        validate_order_id(order_id)?;
+        let mut conn = self.pool.acquire().await?;
+        match store::movement(&mut conn, order_id, MovementKind::Deduct).await? {
+            Some(m) if m.sku == sku => Ok(StockChange::from_movement(m, true)),
+            _ => Err(StockError::NoDeduction {
+                order_id: order_id.to_owned(),
+                sku: sku.to_owned(),
+            }),
+        }
+    }
+
+    /// Take `qty` units of `sku` for `order_id`. Idempotent per order id: a repeat returns the
+    /// first result and changes nothing.
+    pub async fn deduct(
+        &self,
+        sku: &str,
+        order_id: &str,
+        qty: i64,
+    ) -> Result<StockChange, StockError> {
+        validate_sku(sku)?;
+        validate_order_id(order_id)?;
+        if !(1..=MAX_QTY).contains(&qty) {
+            return Err(StockError::Invalid(format!(
+                "qty must be between 1 and {MAX_QTY}"
+            )));
+        }
+        // The fast path: no lock, no database.
+        if self.cache.is_sold_out(sku).await {
+            self.metrics.sold_out_fast();
+            return Err(StockError::SoldOut(sku.to_owned()));
+        }
+        let mut conn = self.pool.acquire().await?;
+        if let Some(m) = store::movement(&mut conn, order_id, MovementKind::Deduct).await? {
+            return self.replay(sku, m);
+        }
+        let (generation, segments) = store::item_shape(&mut conn, sku)
+            .await?
+            .ok_or_else(|| StockError::NotFound(sku.to_owned()))?;
+        drop(conn);
+        if self.strategy() == Strategy::RedisAtomic {
+            return self
+                .deduct_atomic(sku, order_id, qty, generation, segments)
+                .await;
+        }
+
+        // One segment that covers the quantity, starting at a random one, skipping those the
+        // cache says cannot cover it.
+        let cached = self.cache.availability(sku).await;
+        let start = rand::rng().random_range(0..segments);
+        for i in 0..segments {
+            let segment = (start + i) % segments;
+            if cached.get(&segment).is_some_and(|&a| a < qty) {
+                continue;
+            }
+            let op = Op::Deduct(qty);
+            match self
+                .attempt(&op, sku, generation, &[segment], order_id)
+                .await?
+            {
+                Rmw::Done { movement, after } => return Ok(self.done(sku, movement, &after).await),
+                Rmw::Insufficient(seen) => self.cache.set_availability(sku, &seen).await,
+                Rmw::Duplicate => return self.replay_after_race(sku, order_id).await,
+                Rmw::Rejected { .. } => return Err(StockError::Conflict),
+            }
+        }
+
+        // No single segment: the total decides (several segments, or sold out).
+        let epoch = self.cache.epoch(sku).await?;
+        let mut conn = self.pool.acquire().await?;
+        let rows = store::read_segments(&mut conn, sku, &[], false).await?;
+        drop(conn);
+        let total: i64 = rows.iter().map(|r| r.available).sum();
+        if total < qty {
+            return Err(self.not_enough(sku, &epoch, total, qty).await);
+        }
+        let nonempty: Vec<i32> = rows
+            .iter()
+            .filter(|r| r.available > 0)
+            .map(|r| r.segment)
+            .collect();
+        match self
+            .attempt(&Op::Deduct(qty), sku, generation, &nonempty, order_id)
+            .await?
+        {
+            Rmw::Done { movement, after } => Ok(self.done(sku, movement, &after).await),
+            Rmw::Insufficient(seen) => {
+                self.cache.set_availability(sku, &seen).await;
+                let total = seen.iter().map(|(_, a)| a).sum();
+                Err(self.not_enough(sku, &epoch, total, qty).await)
+            }
+            Rmw::Duplicate => self.replay_after_race(sku, order_id).await,
+            Rmw::Rejected { .. } => Err(StockError::Conflict),
+        }
+    }
+
+    /// Sold out (and say so to every instance) or merely insufficient.
+    async fn not_enough(&self, sku: &str, epoch: &str, total: i64, qty: i64) -> StockError {
+        if total == 0 {
+            if let Err(err) = self.cache.mark_sold_out(sku, epoch).await {
+                tracing::warn!(%sku, error = %err, "could not set the sold-out flag");
+            }
+            self.metrics.outcome(self.strategy(), "sold_out");
+            StockError::SoldOut(sku.to_owned())
+        } else {
+            self.metrics.outcome(self.strategy(), "insufficient");
+            StockError::Insufficient {
+                sku: sku.to_owned(),
+                available: total,
+                requested: qty,
+            }
+        }
+    }
+
+    async fn done(&self, sku: &str, movement: Movement, after: &[(i32, i64)]) -> StockChange {
+        self.cache.set_availability(sku, after).await;
+        self.metrics.outcome(self.strategy(), "ok");
+        self.metrics.segment_levels(sku, after);
+        StockChange::from_movement(movement, false)
+    }
+
+    fn replay(&self, sku: &str, m: Movement) -> Result<StockChange, StockError> {
+        if m.sku != sku {
+            return Err(StockError::OrderConflict {
+                order_id: m.order_id,
+                other: m.sku,
+            });
+        }
+        self.metrics.outcome(self.strategy(), "replayed");
+        Ok(StockChange::from_movement(m, true))
+    }
+
+    async fn replay_after_race(
+        &self,
+        sku: &str,
+        order_id: &str,
+    ) -> Result<StockChange, StockError> {
+        let mut conn = self.pool.acquire().await?;
+        match store::movement(&mut conn, order_id, MovementKind::Deduct).await? {
+            Some(m) => self.replay(sku, m),
+            None => Err(StockError::Conflict),
+        }
+    }
+
+    /// Put back the stock `order_id` took from `sku`, to the segments it came from.
+    /// Idempotent: a repeat returns the first result.
+    pub async fn release(&self, sku: &str, order_id: &str) -> Result<StockChange, StockError> {
+        validate_sku(sku)?;
+        validate_order_id(order_id)?;
+        let mut conn = self.pool.acquire().await?;
+        let no_deduction = || StockError::NoDeduction {
+            order_id: order_id.to_owned(),
+            sku: sku.to_owned(),
+        };
+        let deduction = store::movement(&mut conn, order_id, MovementKind::Deduct)
+            .await?
+            .filter(|m| m.sku == sku)
+            .ok_or_else(no_deduction)?;
+        if let Some(m) = store::movement(&mut conn, order_id, MovementKind::Release).await? {
+            return Ok(StockChange::from_movement(m, true));
+        }
+        let (generation, _) = store::item_shape(&mut conn, sku)
+            .await?
+            .ok_or_else(|| StockError::NotFound(sku.to_owned()))?;
+        drop(conn);
+        if deduction.generation != generation {
+            return Err(StockError::ResetSince(sku.to_owned()));
+        }
+        let result = if self.strategy() == Strategy::RedisAtomic {
+            self.release_atomic(sku, &deduction).await?
+        } else {
+            let segments: Vec<i32> = deduction.parts.iter().map(|p| p.segment).collect();
+            let op = Op::Release(deduction.parts.clone());
+            match self
+                .attempt(&op, sku, generation, &segments, order_id)
+                .await?
+            {
+                Rmw::Done { movement, after } => {
+                    self.cache.set_availability(sku, &after).await;
+                    self.metrics.segment_levels(sku, &after);
+                    movement
+                }
+                Rmw::Duplicate => {
+                    let mut conn = self.pool.acquire().await?;
+                    let m = store::movement(&mut conn, order_id, MovementKind::Release)
+                        .await?
+                        .ok_or(StockError::Conflict)?;
+                    return Ok(StockChange::from_movement(m, true));
+                }
+                Rmw::Insufficient(_) | Rmw::Rejected { .. } => return Err(StockError::Conflict),
+            }
+        };
+        self.cache.restocked(sku).await?;
+        self.metrics.outcome(self.strategy(), "released");
+        Ok(StockChange::from_movement(result, false))
+    }
+
+    /// Take the strategy's lock(s), run the read-modify-write, handle a refused write: the
+    /// optimistic strategy retries; a fenced strategy whose lock is still valid but whose
+    /// token is below the row's fence (Redis lost its counter) re-seeds the counter above the
+    /// database's fences and retries once; any other fenced refusal is a lost lock.
+    async fn attempt(
+        &self,
+        op: &Op,
+        sku: &str,
+        generation: i64,
+        segments: &[i32],
+        order_id: &str,
+    ) -> Result<Rmw, StockError> {
+        let mut conflicts = 0;
+        let mut reseeded = false;
+        loop {
+            let held = self.lock(sku, segments).await?;
+            let outcome = self
+                .rmw(op, sku, generation, segments, order_id, &held)
+                .await;
+            let valid = held.still_valid();
+            held.release().await;
+            let (row, token) = match outcome? {
+                Rmw::Rejected { row, token } => (row, token),
+                other => return Ok(other),
+            };
+            match self.strategy() {
+                Strategy::DbOptimistic => {
+                    conflicts += 1;
+                    self.metrics.optimistic_conflict();
+                    if conflicts > self.config.optimistic_retries {
+                        return Err(StockError::Conflict);
+                    }
+                    let jitter = rand::rng().random_range(0..=conflicts.min(10));
+                    tokio::time::sleep(Duration::from_millis(u64::from(jitter))).await;
+                }
+                s if s.is_fenced() => {
+                    let stale_token = token.is_some_and(|t| row.last_fence >= t);
+                    if valid && stale_token && !reseeded {
+                        self.reseed_fences(sku, segments).await?;
+                        reseeded = true;
+                        continue;
+                    }
+                    self.metrics.fence_rejected(self.strategy());
+                    tracing::warn!(%sku, segment = row.segment, ?token, fence = row.last_fence,
+                        "fenced write refused: the lock was lost");
+                    return Err(StockError::FenceRejected);
+                }
+                _ => return Err(StockError::Conflict),
+            }
+        }
+    }
+
+    /// Raise the fencing counters of the locks covering `segments` above every fence the
+    /// item's rows carry.
+    async fn reseed_fences(&self, sku: &str, segments: &[i32]) -> Result<(), StockError> {
+        let mut conn = self.pool.acquire().await?;
+        let floor = u64::try_from(store::max_fence(&mut conn, sku, None).await?).unwrap_or(0);
+        drop(conn);
+        let names: Vec<String> = match self.strategy() {
+            Strategy::RedisLock => vec![self.item_lock(sku)],
+            _ => segments
+                .iter()
+                .map(|&s| self.segment_lock(sku, s))
+                .collect(),
+        };
+        for name in &names {
+            match &self.redlock {
+                Some(rl) if self.strategy() == Strategy::Redlock => {
+                    rl.raise_fence(name, floor).await?;
+                }
+                _ => {
+                    self.locks.raise_fence(name, floor).await?;
+                }
+            }
+        }
+        self.metrics.fence_reseeded();
+        tracing::warn!(%sku, floor, "fencing counters were behind the database (Redis lost data?); re-seeded");
+        Ok(())
+    }
+
+    /// The strategy's locks for `segments`.
+    async fn lock(&self, sku: &str, segments: &[i32]) -> Result<Held, StockError> {
+        let started = tokio::time::Instant::now();
+        let wait = self.config.lock_wait;
+        let held = match self.strategy() {
+            Strategy::Naive
+            | Strategy::DbPessimistic
+            | Strategy::DbOptimistic
+            | Strategy::RedisAtomic => {
+                return Ok(Held::Nothing);
+            }
+            Strategy::RedisLock => {
+                let lock = self.locks.lock(&self.item_lock(sku))?;
+                lock.try_acquire(wait, self.lease()).await?.map(Held::One)
+            }
+            Strategy::Segmented => {
+                if let [segment] = segments {
+                    let lock = self.locks.lock(&self.segment_lock(sku, *segment))?;
+                    lock.try_acquire(wait, self.lease()).await?.map(Held::One)
+                } else {
+                    let names: Vec<String> = segments
+                        .iter()
+                        .map(|&s| self.segment_lock(sku, s))
+                        .collect();
+                    let multi = self.locks.multi_lock(&names)?;
+                    multi.try_acquire(wait, self.lease()).await?.map(Held::Many)
+                }
+            }
+            Strategy::Redlock => {
+                let Some(rl) = &self.redlock else {
+                    return Err(StockError::Invalid(
+                        "redlock strategy without REDLOCK_URLS".into(),
+                    ));
+                };
+                let lease = self.config.lock_lease.unwrap_or(Duration::from_secs(5));
+                let mut names: Vec<String> = segments
+                    .iter()
+                    .map(|&s| self.segment_lock(sku, s))
+                    .collect();
+                names.sort();
+                let mut guards = Vec::with_capacity(names.len());
+                let deadline = started + wait;
+                for name in &names {
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    match rl.try_acquire(name, left, lease).await? {
+                        Some(g) => guards.push(g),
+                        None => {
+                            Held::Red(guards).release().await;
+                            self.metrics
+                                .lock_wait(self.strategy(), started.elapsed(), false);
+                            return Err(StockError::LockTimeout);
+                        }
+                    }
+                }
+                Some(Held::Red(guards))
+            }
+        };
+        self.metrics
+            .lock_wait(self.strategy(), started.elapsed(), held.is_some());
+        held.ok_or(StockError::LockTimeout)
+    }
+
+    /// Read the segments, plan the change, write every touched segment under the strategy's
+    /// guard and record the movement, in one transaction.
+    async fn rmw(
+        &self,
+        op: &Op,
+        sku: &str,
+        generation: i64,
+        segments: &[i32],
+        order_id: &str,
+        held: &Held,
+    ) -> Result<Rmw, StockError> {
+        let strategy = self.strategy();
+        let mut tx = self.pool.begin().await?;
+        let rows =
+            store::read_segments(&mut tx, sku, segments, strategy == Strategy::DbPessimistic)
+                .await?;
+        let seen: Vec<(i32, i64)> = rows.iter().map(|r| (r.segment, r.available)).collect();
+        let (kind, parts, sign) = match op {
+            Op::Deduct(qty) => match plan_deduction(&rows, *qty) {
+                Some(parts) => (MovementKind::Deduct, parts, -1),
+                None => return Ok(Rmw::Insufficient(seen)),
+            },
+            Op::Release(parts) => (MovementKind::Release, parts.clone(), 1),
+        };
+        if !self.config.rmw_delay.is_zero() {
+            tokio::time::sleep(self.config.rmw_delay).await;
+        }
+        let mut after = Vec::with_capacity(parts.len());
+        for part in &parts {
+            let Some(row) = rows.iter().find(|r| r.segment == part.segment) else {
+                return Err(StockError::Conflict);
+            };
+            let token = match strategy {
+                Strategy::RedisLock => held.token(&self.item_lock(sku)),
+                _ => held.token(&self.segment_lock(sku, row.segment)),
+            };
+            let guard = match (strategy, token) {
+                (Strategy::DbOptimistic, _) => WriteGuard::Version(row.version),
+                (s, Some(token)) if s.is_fenced() => WriteGuard::Fence {
+                    seen: row.last_fence,
+                    token,
+                },
+                (s, None) if s.is_fenced() => return Err(StockError::FenceRejected),
+                _ => WriteGuard::None,
+            };
+            let value = row.available + sign * part.qty;
+            if !store::write_segment(&mut tx, sku, row.segment, value, guard).await? {
+                tx.rollback().await?;
+                return Ok(Rmw::Rejected { row: *row, token });
+            }
+            after.push((row.segment, value));
+        }
+        let movement = Movement {
+            order_id: order_id.to_owned(),
+            sku: sku.to_owned(),
+            qty: parts.iter().map(|p| p.qty).sum(),
+            parts,
+            strategy: strategy.as_str().to_owned(),
+            generation,
+        };
+        if !store::insert_movement(&mut tx, kind, &movement, strategy).await? {
+            tx.rollback().await?;
+            return Ok(Rmw::Duplicate);
+        }
+        tx.commit().await?;
+        Ok(Rmw::Done { movement, after })
+    }
+
+    /// redis-atomic: a Lua script takes the units from Redis counters (the gate), then a
+    /// guarded SQL decrement and the movement are written; anything the database refuses is
+    /// given back to Redis.
+    async fn deduct_atomic(
+        &self,
+        sku: &str,
+        order_id: &str,
+        qty: i64,
+        generation: i64,
+        segments: i32,
+    ) -> Result<StockChange, StockError> {
+        let start = rand::rng().random_range(0..segments);
+        let parts = match self.cache.take(sku, qty, start, segments).await? {
+            Some(p) => p,
+            None => {
+                // Redis lost the counters: re-seed from the database and try again.
+                let mut conn = self.pool.acquire().await?;
+                let rows = store::read_segments(&mut conn, sku, &[], false).await?;
+                drop(conn);
+                let values: Vec<(i32, i64)> =
+                    rows.iter().map(|r| (r.segment, r.available)).collect();
+                self.cache.seed_counters(sku, &values).await?;
+                self.metrics.counters_reseeded();
+                self.cache
+                    .take(sku, qty, start, segments)
+                    .await?
+                    .unwrap_or_default()
+            }
+        };
+        if parts.is_empty() {
+            let epoch = self.cache.epoch(sku).await?;
+            let mut conn = self.pool.acquire().await?;
+            let total: i64 = store::read_segments(&mut conn, sku, &[], false)
+                .await?
+                .iter()
+                .map(|r| r.available)
+                .sum();
+            if total >= qty {
+                // Redis says no, the database says yes: drift (Redis lost units).
+                self.metrics.atomic_drift();
+            }
+            return Err(self.not_enough(sku, &epoch, total.min(qty - 1), qty).await);
+        }
+        if !self.config.rmw_delay.is_zero() {
+            tokio::time::sleep(self.config.rmw_delay).await;
+        }
+        let outcome = self.write_atomic(sku, order_id, generation, &parts).await;
+        match outcome {
+            Ok(Rmw::Done { movement, after }) => Ok(self.done(sku, movement, &after).await),
+            other => {
+                // The units were not written: give them back to Redis.
+                if let Err(err) = self.cache.give_back(sku, &parts).await {
+                    tracing::warn!(%sku, error = %err, "could not give units back to Redis (drift)");
+                }
+                match other? {
+                    Rmw::Duplicate => self.replay_after_race(sku, order_id).await,
+                    Rmw::Insufficient(seen) => {
+                        // The database had less than Redis: correct those counters.
+                        for (segment, value) in &seen {
+                            self.cache.correct_counter(sku, *segment, *value).await?;
+                        }
+                        self.metrics.atomic_drift();
+                        let epoch = self.cache.epoch(sku).await?;
+                        let total =
+                            store::read_segments(&mut *self.pool.acquire().await?, sku, &[], false)
+                                .await?
+                                .iter()
+                                .map(|r| r.available)
+                                .sum::<i64>();
+                        Err(self.not_enough(sku, &epoch, total.min(qty - 1), qty).await)
+                    }
+                    Rmw::Done { .. } | Rmw::Rejected { .. } => Err(StockError::Conflict),
+                }
+            }
+        }
+    }
+
+    async fn write_atomic(
+        &self,
+        sku: &str,
+        order_id: &str,
+        generation: i64,
+        parts: &[(i32, i64)],
+    ) -> Result<Rmw, StockError> {
+        let mut tx = self.pool.begin().await?;
+        let mut after = Vec::with_capacity(parts.len());
+        for &(segment, qty) in parts {
+            match store::add_to_segment(&mut tx, sku, segment, -qty).await? {
+                Some(value) => after.push((segment, value)),
+                None => {
+                    tx.rollback().await?;
+                    let mut conn = self.pool.acquire().await?;
+                    let rows = store::read_segments(&mut conn, sku, &[segment], false).await?;
+                    return Ok(Rmw::Insufficient(
+                        rows.iter().map(|r| (r.segment, r.available)).collect(),
+                    ));
+                }
+            }
+        }
+        let movement = Movement {
+            order_id: order_id.to_owned(),
+            sku: sku.to_owned(),
+            qty: parts.iter().map(|p| p.1).sum(),
+            parts: parts
+                .iter()
+                .map(|&(segment, qty)| Part { segment, qty })
+                .collect(),
+            strategy: Strategy::RedisAtomic.as_str().to_owned(),
+            generation,
+        };
+        if !store::insert_movement(
+            &mut tx,
+            MovementKind::Deduct,
+            &movement,
+            Strategy::RedisAtomic,
+        )
+        .await?
+        {
+            tx.rollback().await?;
+            return Ok(Rmw::Duplicate);
+        }
+        tx.commit().await?;
+        Ok(Rmw::Done { movement, after })
+    }
+
+    async fn release_atomic(
+        &self,
+        sku: &str,
+        deduction: &Movement,
+    ) -> Result<Movement, StockError> {
+        let mut tx = self.pool.begin().await?;
+        let mut after = Vec::new();
+        for p in &deduction.parts {
+            let value = store::add_to_segment(&mut tx, sku, p.segment, p.qty)
+                .await?
+                .ok_or(StockError::Conflict)?;
+            after.push((p.segment, value));
+        }
+        let movement = Movement {
+            strategy: Strategy::RedisAtomic.as_str().to_owned(),
+            ..deduction.clone()
+        };
+        if !store::insert_movement(
+            &mut tx,
+            MovementKind::Release,
+            &movement,
+            Strategy::RedisAtomic,
+        )
+        .await?
+        {
+            tx.rollback().await?;
+            let mut conn = self.pool.acquire().await?;
+            return store::movement(&mut conn, &deduction.order_id, MovementKind::Release)
+                .await?
+                .ok_or(StockError::Conflict);
+        }
+        tx.commit().await?;
+        let parts: Vec<(i32, i64)> = deduction.parts.iter().map(|p| (p.segment, p.qty)).collect();
+        self.cache.give_back(sku, &parts).await?;
+        self.cache.set_availability(sku, &after).await;
+        self.metrics.segment_levels(sku, &after);
+        Ok(movement)
+    }
+}
+
+/// Which segments give how much: one segment when one covers `qty`, else greedily in segment
+/// order. `None` when the rows together have less than `qty`.
+fn plan_deduction(rows: &[SegmentRow], qty: i64) -> Option<Vec<Part>> {
+    if let Some(row) = rows.iter().find(|r| r.available >= qty) {
+        return Some(vec![Part {
+            segment: row.segment,
+            qty,
+        }]);
+    }
+    let mut left = qty;
+    let mut parts = Vec::new();
+    for row in rows.iter().filter(|r| r.available > 0) {
+        let take = row.available.min(left);
+        parts.push(Part {
+            segment: row.segment,
+            qty: take,
+        });
+        left -= take;
+        if left == 0 {
+            return Some(parts);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows(values: &[i64]) -> Vec<SegmentRow> {
+        values
+            .iter()
+            .enumerate()
+            .map(|(i, &available)| SegmentRow {
+                segment: i32::try_from(i).unwrap_or(0),
+                available,
+                last_fence: 0,
+                version: 0,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn one_segment_when_one_covers_it() {
+        assert_eq!(
+            plan_deduction(&rows(&[1, 5, 9]), 4),
+            Some(vec![Part { segment: 1, qty: 4 }])
+        );
+    }
+
+    #[test]
+    fn several_segments_when_only_the_total_covers_it() {
+        let plan = plan_deduction(&rows(&[2, 2, 2]), 5).expect("plan");
+        assert_eq!(plan.iter().map(|p| p.qty).sum::<i64>(), 5);
+        assert_eq!(plan.len(), 3);
+        assert_eq!(plan_deduction(&rows(&[2, 2, 2]), 7), None);
+        assert_eq!(plan_deduction(&rows(&[0, 0]), 1), None);
+    }
+
+    #[test]
+    fn ids_are_checked() {
+        assert!(validate_sku("phone-1.black_2").is_ok());
+        assert!(validate_sku("").is_err());
+        assert!(validate_sku("a{b}").is_err());
+        assert!(validate_sku(&"x".repeat(65)).is_err());
+        assert!(validate_order_id("0190f5a2-7b7c-7d41:2").is_ok());
+        assert!(validate_order_id("a b").is_err());
+    }
+}

@@ -1,0 +1,493 @@
+//! PostgreSQL access: items, segments, the movement ledger, and the audit. The database is the
+//! source of truth; every write a strategy makes goes through here.
+
+use serde::{Deserialize, Serialize};
+use sqlx::postgres::PgPool;
+use sqlx::{PgConnection, Row};
+
+use crate::strategy::Strategy;
+
+/// Embedded migrations (`stock-service/migrations`).
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// One segment as read inside a transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentRow {
+    /// Segment number.
+    pub segment: i32,
+    /// Units left.
+    pub available: i64,
+    /// Fencing token of the last fenced write.
+    pub last_fence: i64,
+    /// Write counter (optimistic strategy).
+    pub version: i64,
+}
+
+/// How much of an order came from (or went back to) one segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Part {
+    /// Segment number.
+    pub segment: i32,
+    /// Units.
+    pub qty: i64,
+}
+
+/// Kind of a ledger entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MovementKind {
+    /// Stock taken for an order.
+    Deduct,
+    /// Stock put back for an order.
+    Release,
+}
+
+impl MovementKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            MovementKind::Deduct => "deduct",
+            MovementKind::Release => "release",
+        }
+    }
+}
+
+/// A ledger entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Movement {
+    /// The order.
+    pub order_id: String,
+    /// The item.
+    pub sku: String,
+    /// Units in total.
+    pub qty: i64,
+    /// Units per segment.
+    pub parts: Vec<Part>,
+    /// Strategy of the instance that wrote it.
+    pub strategy: String,
+    /// Item generation it applied to.
+    pub generation: i64,
+}
+
+/// An item with its segments.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct ItemStock {
+    /// The item.
+    pub sku: String,
+    /// Units the item was (re)stocked with.
+    pub total: i64,
+    /// Units left, over all segments.
+    pub available: i64,
+    /// Increases on every reset.
+    pub generation: i64,
+    /// Segments in order.
+    pub segments: Vec<SegmentStock>,
+}
+
+/// One segment's numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct SegmentStock {
+    /// Segment number.
+    pub segment: i32,
+    /// Units the segment started with.
+    pub initial: i64,
+    /// Units left.
+    pub available: i64,
+    /// Fencing token of the last fenced write.
+    pub last_fence: i64,
+}
+
+/// Split `total` evenly over `segments` (the first `total % segments` get one more).
+pub fn even_split(total: i64, segments: i32) -> Vec<i64> {
+    let n = i64::from(segments.max(1));
+    (0..n)
+        .map(|i| total / n + i64::from(i < total % n))
+        .collect()
+}
+
+/// Create or reset an item: new generation, segments refilled evenly.
+pub async fn reset_item(
+    pool: &PgPool,
+    sku: &str,
+    total: i64,
+    segments: i32,
+) -> sqlx::Result<ItemStock> {
+    let mut tx = pool.begin().await?;
+    let generation: i64 = sqlx::query_scalar(
+        "INSERT INTO items (sku, total, segments) VALUES ($1, $2, $3)
+         ON CONFLICT (sku) DO UPDATE SET total = $2, segments = $3,
+             generation = items.generation + 1, updated_at = now()
+         RETURNING generation",
+    )
+    .bind(sku)
+    .bind(total)
+    .bind(segments)
+    .fetch_one(&mut *tx)
+    .await?;
+    sqlx::query("DELETE FROM stock_segments WHERE sku = $1")
+        .bind(sku)
+        .execute(&mut *tx)
+        .await?;
+    let split = even_split(total, segments);
+    let numbers: Vec<i32> = (0..segments).collect();
+    sqlx::query(
+        "INSERT INTO stock_segments (sku, segment, initial, available)
+         SELECT $1, s, n, n FROM UNNEST($2::int[], $3::bigint[]) AS t(s, n)",
+    )
+    .bind(sku)
+    .bind(&numbers)
+    .bind(&split)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(ItemStock {
+        sku: sku.to_owned(),
+        total,
+        available: total,
+        generation,
+        segments: numbers
+            .iter()
+            .zip(&split)
+            .map(|(&segment, &n)| SegmentStock {
+                segment,
+                initial: n,
+                available: n,
+                last_fence: 0,
+            })
+            .collect(),
+    })
+}
+
+/// The item and its segments, or `None` for an unknown SKU.
+pub async fn item(pool: &PgPool, sku: &str) -> sqlx::Result<Option<ItemStock>> {
+    let Some(head) = sqlx::query("SELECT total, generation FROM items WHERE sku = $1")
+        .bind(sku)
+        .fetch_optional(pool)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let segments: Vec<SegmentStock> = sqlx::query(
+        "SELECT segment, initial, available, last_fence FROM stock_segments
+         WHERE sku = $1 ORDER BY segment",
+    )
+    .bind(sku)
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .map(|r| SegmentStock {
+        segment: r.get(0),
+        initial: r.get(1),
+        available: r.get(2),
+        last_fence: r.get(3),
+    })
+    .collect();
+    Ok(Some(ItemStock {
+        sku: sku.to_owned(),
+        total: head.get(0),
+        available: segments.iter().map(|s| s.available).sum(),
+        generation: head.get(1),
+        segments,
+    }))
+}
+
+/// Generation and segment count of an item.
+pub async fn item_shape(conn: &mut PgConnection, sku: &str) -> sqlx::Result<Option<(i64, i32)>> {
+    sqlx::query_as("SELECT generation, segments FROM items WHERE sku = $1")
+        .bind(sku)
+        .fetch_optional(conn)
+        .await
+}
+
+/// Read segments (all of them when `only` is empty) in segment order, optionally locking the
+/// rows (`FOR UPDATE`, in that same order, so two lockers cannot deadlock).
+pub async fn read_segments(
+    conn: &mut PgConnection,
+    sku: &str,
+    only: &[i32],
+    for_update: bool,
+) -> sqlx::Result<Vec<SegmentRow>> {
+    let sql = if for_update {
+        "SELECT segment, available, last_fence, version FROM stock_segments
+         WHERE sku = $1 AND (cardinality($2::int[]) = 0 OR segment = ANY($2))
+         ORDER BY segment FOR UPDATE"
+    } else {
+        "SELECT segment, available, last_fence, version FROM stock_segments
+         WHERE sku = $1 AND (cardinality($2::int[]) = 0 OR segment = ANY($2))
+         ORDER BY segment"
+    };
+    Ok(sqlx::query(sql)
+        .bind(sku)
+        .bind(only)
+        .fetch_all(conn)
+        .await?
+        .into_iter()
+        .map(|r| SegmentRow {
+            segment: r.get(0),
+            available: r.get(1),
+            last_fence: r.get(2),
+            version: r.get(3),
+        })
+        .collect())
+}
+
+/// How a segment write proves it is still entitled to write.
+#[derive(Debug, Clone, Copy)]
+pub enum WriteGuard {
+    /// No check (naive; rows locked with `FOR UPDATE`).
+    None,
+    /// The version read must still be there (optimistic).
+    Version(i64),
+    /// Fenced: the row must still carry the fence read, and `token` must be larger.
+    Fence {
+        /// `last_fence` as read.
+        seen: i64,
+        /// This holder's token.
+        token: i64,
+    },
+}
+
+/// Write a segment's new availability under `guard`. False when the guard refused it.
+pub async fn write_segment(
+    conn: &mut PgConnection,
+    sku: &str,
+    segment: i32,
+    available: i64,
+    guard: WriteGuard,
+) -> sqlx::Result<bool> {
+    let done =
+        match guard {
+            WriteGuard::None => {
+                sqlx::query(
+                    "UPDATE stock_segments SET available = $3, version = version + 1
+                 WHERE sku = $1 AND segment = $2",
+                )
+                .bind(sku)
+                .bind(segment)
+                .bind(available)
+                .execute(conn)
+                .await?
+            }
+            WriteGuard::Version(seen) => {
+                sqlx::query(
+                    "UPDATE stock_segments SET available = $3, version = version + 1
+                 WHERE sku = $1 AND segment = $2 AND version = $4",
+                )
+                .bind(sku)
+                .bind(segment)
+                .bind(available)
+                .bind(seen)
+                .execute(conn)
+                .await?
+            }
+            WriteGuard::Fence { seen, token } => sqlx::query(
+                "UPDATE stock_segments SET available = $3, last_fence = $5, version = version + 1
+                 WHERE sku = $1 AND segment = $2 AND last_fence = $4 AND last_fence < $5",
+            )
+            .bind(sku)
+            .bind(segment)
+            .bind(available)
+            .bind(seen)
+            .bind(token)
+            .execute(conn)
+            .await?,
+        };
+    Ok(done.rows_affected() == 1)
+}
+
+/// Atomic relative change (`available + delta`, never below zero), for the redis-atomic
+/// strategy whose gate is in Redis. The new availability, or `None` when the row did not have
+/// enough.
+pub async fn add_to_segment(
+    conn: &mut PgConnection,
+    sku: &str,
+    segment: i32,
+    delta: i64,
+) -> sqlx::Result<Option<i64>> {
+    sqlx::query_scalar(
+        "UPDATE stock_segments SET available = available + $3, version = version + 1
+         WHERE sku = $1 AND segment = $2 AND available + $3 >= 0
+         RETURNING available",
+    )
+    .bind(sku)
+    .bind(segment)
+    .bind(delta)
+    .fetch_optional(conn)
+    .await
+}
+
+/// Record a movement. False when the order already has one of this kind (a concurrent
+/// duplicate won): the caller must roll back and replay that one.
+pub async fn insert_movement(
+    conn: &mut PgConnection,
+    kind: MovementKind,
+    m: &Movement,
+    strategy: Strategy,
+) -> sqlx::Result<bool> {
+    let parts = serde_json::to_value(&m.parts).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    let done = sqlx::query(
+        "INSERT INTO stock_movements (order_id, kind, sku, generation, qty, parts, strategy)
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+    )
+    .bind(&m.order_id)
+    .bind(kind.as_str())
+    .bind(&m.sku)
+    .bind(m.generation)
+    .bind(m.qty)
+    .bind(parts)
+    .bind(strategy.as_str())
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// The movement of `kind` recorded for `order_id`, if any.
+pub async fn movement(
+    conn: &mut PgConnection,
+    order_id: &str,
+    kind: MovementKind,
+) -> sqlx::Result<Option<Movement>> {
+    let row = sqlx::query(
+        "SELECT sku, qty, parts, strategy, generation FROM stock_movements
+         WHERE order_id = $1 AND kind = $2",
+    )
+    .bind(order_id)
+    .bind(kind.as_str())
+    .fetch_optional(conn)
+    .await?;
+    row.map(|r| {
+        let parts: serde_json::Value = r.get(2);
+        Ok(Movement {
+            order_id: order_id.to_owned(),
+            sku: r.get(0),
+            qty: r.get(1),
+            parts: serde_json::from_value(parts).map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+            strategy: r.get(3),
+            generation: r.get(4),
+        })
+    })
+    .transpose()
+}
+
+/// Largest fence any segment of the item carries (to re-seed fencing counters).
+pub async fn max_fence(
+    conn: &mut PgConnection,
+    sku: &str,
+    segment: Option<i32>,
+) -> sqlx::Result<i64> {
+    sqlx::query_scalar(
+        "SELECT COALESCE(MAX(last_fence), 0) FROM stock_segments
+         WHERE sku = $1 AND ($2::int IS NULL OR segment = $2)",
+    )
+    .bind(sku)
+    .bind(segment)
+    .fetch_one(conn)
+    .await
+}
+
+/// Result of an audit: do the books balance?
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct Audit {
+    /// The item.
+    pub sku: String,
+    /// Generation audited.
+    pub generation: i64,
+    /// True when every check passed.
+    pub ok: bool,
+    /// Units the item was stocked with.
+    pub initial: i64,
+    /// Units left now.
+    pub available: i64,
+    /// Units deducted (ledger).
+    pub deducted: i64,
+    /// Units released (ledger).
+    pub released: i64,
+    /// `deducted - released - (initial - available)`: units sold that the segments do not
+    /// account for (> 0 means oversold).
+    pub oversold: i64,
+    /// What is wrong, one line each.
+    pub problems: Vec<String>,
+}
+
+/// Check `initial = available + deducted - released`, overall and per segment, and that no
+/// segment is negative.
+pub async fn audit(pool: &PgPool, sku: &str) -> sqlx::Result<Option<Audit>> {
+    let mut tx = pool.begin().await?;
+    // One consistent snapshot of segments and ledger.
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .execute(&mut *tx)
+        .await?;
+    let Some((generation, _)) = item_shape(&mut tx, sku).await? else {
+        return Ok(None);
+    };
+    let rows = sqlx::query(
+        "WITH moved AS (
+             SELECT (p->>'segment')::int AS segment,
+                    SUM(CASE WHEN kind = 'deduct' THEN (p->>'qty')::bigint ELSE 0 END) AS deducted,
+                    SUM(CASE WHEN kind = 'release' THEN (p->>'qty')::bigint ELSE 0 END) AS released
+             FROM stock_movements, jsonb_array_elements(parts) AS p
+             WHERE sku = $1 AND generation = $2
+             GROUP BY 1)
+         SELECT s.segment, s.initial, s.available,
+                COALESCE(m.deducted, 0)::bigint, COALESCE(m.released, 0)::bigint
+         FROM stock_segments s LEFT JOIN moved m ON m.segment = s.segment
+         WHERE s.sku = $1 ORDER BY s.segment",
+    )
+    .bind(sku)
+    .bind(generation)
+    .fetch_all(&mut *tx)
+    .await?;
+    let ledger_qty: Option<(i64, i64)> = sqlx::query_as(
+        "SELECT COALESCE(SUM(qty) FILTER (WHERE kind = 'deduct'), 0)::bigint,
+                COALESCE(SUM(qty) FILTER (WHERE kind = 'release'), 0)::bigint
+         FROM stock_movements WHERE sku = $1 AND generation = $2",
+    )
+    .bind(sku)
+    .bind(generation)
+    .fetch_optional(&mut *tx)
+    .await?;
+    tx.commit().await?;
+
+    let mut a = Audit {
+        sku: sku.to_owned(),
+        generation,
+        ok: true,
+        initial: 0,
+        available: 0,
+        deducted: 0,
+        released: 0,
+        oversold: 0,
+        problems: Vec::new(),
+    };
+    for r in rows {
+        let (segment, initial, available, deducted, released): (i32, i64, i64, i64, i64) =
+            (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
+        a.initial += initial;
+        a.available += available;
+        a.deducted += deducted;
+        a.released += released;
+        if available < 0 {
+            a.problems
+                .push(format!("segment {segment} is negative: {available}"));
+        }
+        if initial != available + deducted - released {
+            a.problems.push(format!(
+                "segment {segment}: initial {initial} != available {available} + deducted {deducted} - released {released}"
+            ));
+        }
+    }
+    let (ledger_deducted, ledger_released) = ledger_qty.unwrap_or((0, 0));
+    if (ledger_deducted, ledger_released) != (a.deducted, a.released) {
+        a.problems.push(format!(
+            "ledger totals ({ledger_deducted} deducted, {ledger_released} released) disagree with its parts ({}, {})",
+            a.deducted, a.released
+        ));
+    }
+    a.oversold = (a.deducted - a.released) - (a.initial - a.available);
+    if a.initial != a.available + a.deducted - a.released {
+        a.problems.push(format!(
+            "initial {} != available {} + deducted {} - released {}",
+            a.initial, a.available, a.deducted, a.released
+        ));
+    }
+    a.ok = a.problems.is_empty();
+    Ok(Some(a))
+}
