@@ -334,10 +334,10 @@ async fn listen(
         pubsub = loop {
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(2));
-            if let Ok(mut p) = client.get_async_pubsub().await {
-                if p.subscribe(&channel).await.is_ok() {
-                    break p;
-                }
+            if let Ok(mut p) = client.get_async_pubsub().await
+                && p.subscribe(&channel).await.is_ok()
+            {
+                break p;
             }
         };
     }
