@@ -1,10 +1,25 @@
-//! The order service: creates and tracks flash-sale orders.
-//!
-//! For now it only serves `GET /healthz`; the binary in `main.rs` wires it
-//! to configuration, telemetry and the server.
+//! The order-service: turns a stock deduction into an order a buyer can pay for or cancel,
+//! safely under retries, duplicates and crashes. `POST /orders` takes an `Idempotency-Key`
+//! (one key, one order); orders move pending → reserved → paid, or → cancelled (stock
+//! released) or → rejected; a recovery worker settles whatever a crash left pending.
+//! docs/orders.md describes the contract.
 
+pub mod api;
+pub mod config;
+pub mod idempotency;
+pub mod metrics;
+pub mod orders;
+pub mod recovery;
+pub mod stock_client;
+pub mod store;
+
+use anyhow::Context as _;
 use axum::Router;
-use service_kit::{ServiceConfig, health, layers};
+use service_kit::{health, layers};
+use sqlx::postgres::PgPoolOptions;
+
+pub use config::OrderConfig;
+pub use orders::{OrderError, Orders};
 
 /// Service name, as reported by `/healthz` and in logs.
 pub const SERVICE_NAME: &str = env!("CARGO_PKG_NAME");
@@ -13,12 +28,51 @@ pub const SERVICE_NAME: &str = env!("CARGO_PKG_NAME");
 pub const SERVICE_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Port listened on when `BIND_ADDR` is not set.
-pub const DEFAULT_PORT: u16 = 8081;
+pub const DEFAULT_PORT: u16 = OrderConfig::DEFAULT_PORT;
 
-/// Builds the HTTP application, wrapped in the shared middleware stack.
-pub fn app(config: &ServiceConfig) -> Router {
-    layers::with_common_layers(
-        health::router(SERVICE_NAME, SERVICE_VERSION),
-        config.body_limit_bytes,
-    )
+/// Connect to PostgreSQL (applying migrations) and Redis, and build the engine.
+pub async fn connect(config: OrderConfig) -> anyhow::Result<Orders> {
+    let pool = PgPoolOptions::new()
+        .max_connections(config.db_max_connections)
+        .acquire_timeout(std::time::Duration::from_secs(5))
+        .connect(&config.database_url)
+        .await
+        .with_context(|| format!("cannot connect to PostgreSQL at {}", config.database_url))?;
+    store::MIGRATOR
+        .run(&pool)
+        .await
+        .context("database migrations failed")?;
+    let redis = redis::Client::open(config.redis_url.as_str())?
+        .get_connection_manager_with_config(
+            redis::aio::ConnectionManagerConfig::new()
+                .set_response_timeout(Some(std::time::Duration::from_secs(2)))
+                .set_connection_timeout(Some(std::time::Duration::from_secs(1))),
+        )
+        .await
+        .with_context(|| format!("cannot connect to Redis at {}", config.redis_url))?;
+    let stock = stock_client::StockClient::new(
+        &config.stock_url,
+        config.stock_timeout,
+        config.stock_retries,
+    )?;
+    let replay =
+        idempotency::ReplayCache::new(redis, config.idempotency_ttl, &config.stock_key_prefix);
+    let orders = Orders {
+        pool,
+        stock,
+        replay,
+        config,
+        metrics: metrics::OrderMetrics::new(&opentelemetry::global::meter("order-service")),
+    };
+    if let Err(err) = orders.replay.ensure_complete(&orders.pool).await {
+        tracing::warn!(error = %err, "replay records not rebuilt at start; the worker retries");
+    }
+    Ok(orders)
+}
+
+/// The HTTP application: the order API and `/healthz`, with the shared middleware.
+pub fn app(orders: Orders) -> Router {
+    let body_limit = orders.config.service.body_limit_bytes;
+    let router = api::routes(orders).merge(health::router(SERVICE_NAME, SERVICE_VERSION));
+    layers::with_common_layers(router, body_limit)
 }

@@ -1,20 +1,22 @@
-//! `order-service` binary: reads configuration from the environment and serves
-//! [`order_service::app`] until Ctrl-C or SIGTERM.
+//! `order-service` binary: reads configuration from the environment, connects to PostgreSQL
+//! and Redis, runs the recovery worker and serves [`order_service::app`] until Ctrl-C or
+//! SIGTERM.
 
 use anyhow::Context as _;
-use order_service::{DEFAULT_PORT, SERVICE_NAME, SERVICE_VERSION, app};
-use service_kit::{ServiceConfig, server, telemetry};
+use order_service::{OrderConfig, SERVICE_NAME, SERVICE_VERSION, app, connect, recovery};
+use service_kit::{server, telemetry};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     telemetry::init().context("failed to initialise telemetry")?;
-    let config = ServiceConfig::from_env(DEFAULT_PORT).context("invalid configuration")?;
-    tracing::info!(
-        service = SERVICE_NAME,
-        version = SERVICE_VERSION,
-        ?config,
-        "starting"
-    );
-    server::serve(app(&config), config.bind_addr, SERVICE_NAME).await?;
+    let config = OrderConfig::from_env().context("invalid configuration")?;
+    tracing::info!(service = SERVICE_NAME, version = SERVICE_VERSION, stock = %config.stock_url, "starting");
+    let addr = config.service.bind_addr;
+    let interval = config.recovery_interval;
+    let orders = connect(config).await?;
+    if !interval.is_zero() {
+        tokio::spawn(recovery::run(orders.clone(), interval));
+    }
+    server::serve(app(orders), addr, SERVICE_NAME).await?;
     Ok(())
 }

@@ -1,0 +1,273 @@
+//! The HTTP API of the order-service.
+
+use axum::Router;
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use service_kit::Problem;
+use service_kit::extract::{Json, Path};
+use uuid::Uuid;
+
+use crate::idempotency::parse_key;
+use crate::orders::{KeyContext, OrderError, Orders, PlaceOrder, Reply};
+use crate::store::Order;
+
+/// Header carrying the authenticated user, set by the gateway (which strips any value a client
+/// sends). The order-service is not reachable from outside except through the gateway.
+pub const USER_HEADER: &str = "x-user-id";
+
+/// Header carrying the idempotency key.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// Header set on a replayed response.
+pub const REPLAYED: &str = "idempotent-replayed";
+
+/// The caller, from [`USER_HEADER`].
+#[derive(Debug, Clone)]
+pub struct User(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for User {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let user = parts
+            .headers
+            .get(USER_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|u| {
+                !u.is_empty()
+                    && u.len() <= 64
+                    && u.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b))
+            });
+        match user {
+            Some(u) => Ok(User(u.to_owned())),
+            None => Err(Problem::new(StatusCode::UNAUTHORIZED)
+                .with_detail("no authenticated user (the gateway sets it)")
+                .with_type("/problems/unauthenticated")),
+        }
+    }
+}
+
+/// The Idempotency-Key of the request (400 when missing or malformed).
+#[derive(Debug, Clone)]
+pub struct IdempotencyKey(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let Some(value) = parts.headers.get(IDEMPOTENCY_KEY) else {
+            return Err(Problem::bad_request(
+                "the Idempotency-Key header is required for POST /orders",
+            )
+            .with_type("/problems/idempotency-key-missing"));
+        };
+        let raw = value.to_str().map_err(|_| {
+            Problem::bad_request("Idempotency-Key must be visible ASCII")
+                .with_type("/problems/idempotency-key-invalid")
+        })?;
+        parse_key(raw)
+            .map(IdempotencyKey)
+            .map_err(|e| Problem::bad_request(e).with_type("/problems/idempotency-key-invalid"))
+    }
+}
+
+/// The routes.
+pub fn routes(orders: Orders) -> Router {
+    Router::new()
+        .route("/orders", post(place).get(list))
+        .route("/orders/{id}", get(one))
+        .route("/orders/{id}/pay", post(pay))
+        .route("/orders/{id}/cancel", post(cancel))
+        .route("/openapi.json", get(openapi))
+        .with_state(orders)
+}
+
+/// Place an order. Requires `Idempotency-Key`; a repeat with the same key and body replays the
+/// first response exactly (with `Idempotent-Replayed: true`).
+#[utoipa::path(post, path = "/orders", request_body = PlaceOrder,
+    params(("Idempotency-Key" = String, Header, description = "1-255 visible ASCII characters, scoped to the user"),
+           ("x-user-id" = String, Header, description = "set by the gateway")),
+    responses((status = 201, description = "Reserved: stock deducted, pay before `pay_by`", body = Order),
+              (status = 400, description = "Idempotency-Key missing or malformed; malformed JSON", content_type = "application/problem+json"),
+              (status = 401, description = "No user", content_type = "application/problem+json"),
+              (status = 409, description = "Rejected (sold out, insufficient, purchase limit; has `order_id`), or a request with this key is in progress", content_type = "application/problem+json"),
+              (status = 422, description = "Bad sku/qty, or the key was used with another body", content_type = "application/problem+json"),
+              (status = 503, description = "Stock-service unavailable or outcome unknown: retry with the same key", content_type = "application/problem+json")))]
+async fn place(
+    State(orders): State<Orders>,
+    User(user): User,
+    IdempotencyKey(key): IdempotencyKey,
+    Json(req): Json<PlaceOrder>,
+) -> Result<Response, ApiError> {
+    let ctx = KeyContext {
+        user,
+        key,
+        fingerprint: req.fingerprint(),
+    };
+    Ok(reply(orders.place(&ctx, &req).await?))
+}
+
+fn reply(r: Reply) -> Response {
+    let status =
+        StatusCode::from_u16(r.response.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let content_type = if status.is_client_error() || status.is_server_error() {
+        service_kit::problem::PROBLEM_JSON
+    } else {
+        "application/json"
+    };
+    let mut response = (status, r.response.body.to_string()).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    if let Some(location) = r
+        .response
+        .location
+        .and_then(|l| HeaderValue::from_str(&l).ok())
+    {
+        headers.insert(header::LOCATION, location);
+    }
+    if r.replayed {
+        headers.insert(
+            HeaderName::from_static(REPLAYED),
+            HeaderValue::from_static("true"),
+        );
+    }
+    response
+}
+
+/// The caller's newest orders (up to 100).
+#[utoipa::path(get, path = "/orders", responses((status = 200, body = [Order])))]
+async fn list(
+    State(orders): State<Orders>,
+    User(user): User,
+) -> Result<Json<Vec<Order>>, ApiError> {
+    Ok(Json(orders.list(&user).await?))
+}
+
+/// One of the caller's orders (404 for anyone else's).
+#[utoipa::path(get, path = "/orders/{id}", params(("id" = Uuid, Path)),
+    responses((status = 200, body = Order), (status = 404, content_type = "application/problem+json")))]
+async fn one(
+    State(orders): State<Orders>,
+    User(user): User,
+    Path(id): Path<Uuid>,
+) -> Result<Json<Order>, ApiError> {
+    Ok(Json(orders.get(&user, id).await?))
+}
+
+/// Pay a reserved order (idempotent; 409 from any other state or after `pay_by`).
+#[utoipa::path(post, path = "/orders/{id}/pay", params(("id" = Uuid, Path)),
+    responses((status = 200, body = Order), (status = 404, content_type = "application/problem+json"),
+              (status = 409, description = "Illegal transition", content_type = "application/problem+json")))]
+async fn pay(
+    State(orders): State<Orders>,
+    User(user): User,
+    Path(id): Path<Uuid>,
+) -> Result<Json<Order>, ApiError> {
+    Ok(Json(orders.pay(&user, id).await?))
+}
+
+/// Cancel a reserved order and release its stock (idempotent; 409 from any other state).
+#[utoipa::path(post, path = "/orders/{id}/cancel", params(("id" = Uuid, Path)),
+    responses((status = 200, body = Order), (status = 404, content_type = "application/problem+json"),
+              (status = 409, description = "Illegal transition", content_type = "application/problem+json")))]
+async fn cancel(
+    State(orders): State<Orders>,
+    User(user): User,
+    Path(id): Path<Uuid>,
+) -> Result<Json<Order>, ApiError> {
+    Ok(Json(orders.cancel(&user, id).await?))
+}
+
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(title = "order-service", description = "Idempotent flash-sale orders"),
+    paths(place, list, one, pay, cancel),
+    components(schemas(PlaceOrder, Order))
+)]
+struct ApiDoc;
+
+/// The OpenAPI document of this API.
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    <ApiDoc as utoipa::OpenApi>::openapi()
+}
+
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(openapi_document())
+}
+
+/// An [`OrderError`] as an HTTP response.
+#[derive(Debug)]
+pub struct ApiError(OrderError);
+
+impl From<OrderError> for ApiError {
+    fn from(e: OrderError) -> Self {
+        ApiError(e)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let detail = self.0.to_string();
+        let (problem, retry) = match &self.0 {
+            OrderError::Invalid(_) => (
+                Problem::unprocessable(detail).with_type("/problems/invalid-input"),
+                false,
+            ),
+            OrderError::BadKey(_) => (
+                Problem::bad_request(detail).with_type("/problems/idempotency-key-invalid"),
+                false,
+            ),
+            OrderError::KeyReused => (
+                Problem::unprocessable(detail).with_type("/problems/idempotency-key-reused"),
+                false,
+            ),
+            OrderError::InFlight => (
+                Problem::conflict(detail).with_type("/problems/request-in-progress"),
+                true,
+            ),
+            OrderError::SoldOut(_) => (
+                Problem::conflict(detail).with_type("/problems/sold-out"),
+                false,
+            ),
+            OrderError::UnknownItem(_) => (
+                Problem::not_found(detail).with_type("/problems/unknown-item"),
+                false,
+            ),
+            OrderError::NotFound => (
+                Problem::not_found(detail).with_type("/problems/no-such-order"),
+                false,
+            ),
+            OrderError::IllegalTransition { .. } => (
+                Problem::conflict(detail).with_type("/problems/illegal-transition"),
+                false,
+            ),
+            OrderError::StockUnavailable(_) => (
+                Problem::service_unavailable(detail).with_type("/problems/stock-unavailable"),
+                true,
+            ),
+            OrderError::Unknown(_) => (
+                Problem::service_unavailable(detail).with_type("/problems/outcome-unknown"),
+                true,
+            ),
+            OrderError::Db(err) => {
+                tracing::error!(error = %err, "order operation failed");
+                (
+                    Problem::service_unavailable(detail).with_type("/problems/dependency-failed"),
+                    true,
+                )
+            }
+        };
+        let mut response = problem.into_response();
+        if retry {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}

@@ -1,0 +1,91 @@
+//! Order-service settings from the environment.
+
+use std::time::Duration;
+
+use service_kit::ServiceConfig;
+use service_kit::config::{ConfigError, Env};
+
+/// Everything the order-service reads from its environment.
+#[derive(Debug, Clone)]
+pub struct OrderConfig {
+    /// Bind address and body limit (`BIND_ADDR`, `BODY_LIMIT_BYTES`).
+    pub service: ServiceConfig,
+    /// PostgreSQL (`DATABASE_URL`).
+    pub database_url: String,
+    /// Pool size (`DB_MAX_CONNECTIONS`, default 16).
+    pub db_max_connections: u32,
+    /// Redis: replay records and the stock-service's sold-out flags (`REDIS_URL`).
+    pub redis_url: String,
+    /// Base URL of the stock-service (`STOCK_URL`, default `http://127.0.0.1:8082`).
+    pub stock_url: String,
+    /// Timeout of one call to the stock-service (`STOCK_TIMEOUT_MS`, default 2000).
+    pub stock_timeout: Duration,
+    /// Retries of a call to the stock-service (`STOCK_RETRIES`, default 3).
+    pub stock_retries: u32,
+    /// How long a reserved order waits for payment (`PAYMENT_TIMEOUT_SECS`, default 900).
+    pub payment_timeout: Duration,
+    /// How long idempotency keys are kept (`IDEMPOTENCY_TTL_SECS`, default 86400).
+    pub idempotency_ttl: Duration,
+    /// Units of one item one user may hold (`PURCHASE_LIMIT`, default 1).
+    pub purchase_limit: i64,
+    /// How long a request or the worker owns a pending order (`ORDER_LEASE_MS`, default 10000).
+    pub order_lease: Duration,
+    /// Interval of the recovery worker (`RECOVERY_INTERVAL_MS`, default 1000; 0 disables it).
+    pub recovery_interval: Duration,
+    /// Prefix of the stock-service's Redis keys (`STOCK_KEY_PREFIX`, default `stock`), to read
+    /// its sold-out flags.
+    pub stock_key_prefix: String,
+}
+
+impl OrderConfig {
+    /// Port when `BIND_ADDR` is unset.
+    pub const DEFAULT_PORT: u16 = 8081;
+
+    /// Read the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_source(&Env::process())
+    }
+
+    /// Read `env`.
+    pub fn from_source(env: &Env) -> Result<Self, ConfigError> {
+        let ms = |name: &str, default: u64| -> Result<Duration, ConfigError> {
+            Ok(Duration::from_millis(env.parse_or(name, default)?))
+        };
+        let secs = |name: &str, default: u64| -> Result<Duration, ConfigError> {
+            Ok(Duration::from_secs(env.parse_or(name, default)?))
+        };
+        let purchase_limit: i64 = env.parse_or("PURCHASE_LIMIT", 1)?;
+        if purchase_limit < 1 {
+            return Err(ConfigError::Invalid {
+                name: "PURCHASE_LIMIT".into(),
+                value: purchase_limit.to_string(),
+                reason: "must be at least 1".into(),
+            });
+        }
+        Ok(OrderConfig {
+            service: ServiceConfig::from_source(env, Self::DEFAULT_PORT)?,
+            database_url: env
+                .raw("DATABASE_URL")?
+                .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".into()),
+            db_max_connections: env.parse_or("DB_MAX_CONNECTIONS", 16)?,
+            redis_url: env
+                .raw("REDIS_URL")?
+                .unwrap_or_else(|| "redis://127.0.0.1:6379/".into()),
+            stock_url: env
+                .raw("STOCK_URL")?
+                .unwrap_or_else(|| "http://127.0.0.1:8082".into())
+                .trim_end_matches('/')
+                .to_owned(),
+            stock_timeout: ms("STOCK_TIMEOUT_MS", 2000)?,
+            stock_retries: env.parse_or("STOCK_RETRIES", 3)?,
+            payment_timeout: secs("PAYMENT_TIMEOUT_SECS", 900)?,
+            idempotency_ttl: secs("IDEMPOTENCY_TTL_SECS", 86_400)?,
+            purchase_limit,
+            order_lease: ms("ORDER_LEASE_MS", 10_000)?,
+            recovery_interval: ms("RECOVERY_INTERVAL_MS", 1000)?,
+            stock_key_prefix: env
+                .raw("STOCK_KEY_PREFIX")?
+                .unwrap_or_else(|| "stock".into()),
+        })
+    }
+}

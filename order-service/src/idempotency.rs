@@ -1,0 +1,217 @@
+//! Idempotency-Key handling (IETF draft-ietf-httpapi-idempotency-key-header, Stripe's
+//! semantics): parsing the header, the request fingerprint, and the Redis replay records that
+//! let replays and the sold-out fast path skip the database.
+//!
+//! PostgreSQL's `idempotency_keys` primary key is the guarantee that one key makes one order.
+//! Redis only speeds up the common cases, and it is trusted for them only while its records
+//! are known to be complete: every final response is written to Redis before it is committed
+//! and sent, and a marker key says the records were rebuilt from the database after Redis was
+//! last empty. Without the marker (a restart, a flush) both fast paths are off until an
+//! instance has copied the live responses back.
+
+use std::time::Duration;
+
+use redis::AsyncCommands;
+use redis::aio::ConnectionManager;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sqlx::{PgPool, Row};
+
+use crate::store::StoredResponse;
+
+/// Longest key accepted (Stripe's limit).
+pub const MAX_KEY_LEN: usize = 255;
+
+/// Parse an `Idempotency-Key` header value: an RFC 8941 string (`"…"`) or a bare token, 1 to
+/// 255 visible ASCII characters without quotes or backslashes.
+pub fn parse_key(raw: &str) -> Result<String, String> {
+    let raw = raw.trim();
+    let inner = raw
+        .strip_prefix('"')
+        .and_then(|s| s.strip_suffix('"'))
+        .unwrap_or(raw);
+    if inner.is_empty() || inner.len() > MAX_KEY_LEN {
+        return Err(format!(
+            "Idempotency-Key must be 1 to {MAX_KEY_LEN} characters"
+        ));
+    }
+    if !inner
+        .bytes()
+        .all(|b| (0x21..=0x7e).contains(&b) && b != b'"' && b != b'\\')
+    {
+        return Err("Idempotency-Key must be visible ASCII without quotes or backslashes".into());
+    }
+    Ok(inner.to_owned())
+}
+
+/// A stored final response with the fingerprint of the request that made it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Record {
+    /// Canonical request the key was first used with.
+    pub fingerprint: String,
+    /// HTTP status.
+    pub status: u16,
+    /// JSON body.
+    pub body: Value,
+    /// `Location` header.
+    pub location: Option<String>,
+}
+
+impl Record {
+    /// The stored response.
+    pub fn response(&self) -> StoredResponse {
+        StoredResponse {
+            status: self.status,
+            body: self.body.clone(),
+            location: self.location.clone(),
+        }
+    }
+}
+
+/// What Redis can answer without the database.
+#[derive(Debug)]
+pub enum FastPath {
+    /// The key's final response.
+    Replay(Record),
+    /// The item is sold out and the key has no stored response (so it is new).
+    SoldOut,
+    /// Nothing certain: take the database path.
+    Miss,
+}
+
+/// Replay records in Redis.
+#[derive(Debug, Clone)]
+pub struct ReplayCache {
+    conn: ConnectionManager,
+    ttl: Duration,
+    stock_prefix: String,
+}
+
+const COMPLETE: &str = "orders:idem:complete";
+const REBUILDING: &str = "orders:idem:rebuilding";
+
+impl ReplayCache {
+    /// Records live `ttl` (the idempotency key lifetime); sold-out flags are read from the
+    /// stock-service's keys under `stock_prefix`.
+    pub fn new(conn: ConnectionManager, ttl: Duration, stock_prefix: &str) -> Self {
+        ReplayCache {
+            conn,
+            ttl,
+            stock_prefix: stock_prefix.to_owned(),
+        }
+    }
+
+    fn record_key(user: &str, key: &str) -> String {
+        format!("orders:idem:{}:{user}:{key}", user.len())
+    }
+
+    /// One round trip: the key's record, the completeness marker, the item's sold-out flag.
+    pub async fn lookup(&self, user: &str, key: &str, sku: &str) -> FastPath {
+        let mut conn = self.conn.clone();
+        let flag = format!("{}:{{{sku}}}:soldout", self.stock_prefix);
+        let got: redis::RedisResult<(Option<String>, Option<String>, Option<String>)> =
+            redis::pipe()
+                .get(Self::record_key(user, key))
+                .get(COMPLETE)
+                .get(flag)
+                .query_async(&mut conn)
+                .await;
+        match got {
+            Ok((record, Some(_complete), sold_out)) => {
+                match record.map(|r| serde_json::from_str::<Record>(&r)) {
+                    Some(Ok(r)) => FastPath::Replay(r),
+                    Some(Err(_)) => FastPath::Miss,
+                    None if sold_out.is_some() => FastPath::SoldOut,
+                    None => FastPath::Miss,
+                }
+            }
+            _ => FastPath::Miss,
+        }
+    }
+
+    /// Write a final response before it is committed and sent. An error means the response
+    /// must not be sent as final (Redis would then miss a record while claiming completeness).
+    pub async fn store(&self, user: &str, key: &str, record: &Record) -> redis::RedisResult<()> {
+        let mut conn = self.conn.clone();
+        let json = serde_json::to_string(record).map_err(|e| {
+            redis::RedisError::from((redis::ErrorKind::Client, "serialize", e.to_string()))
+        })?;
+        conn.set_ex(Self::record_key(user, key), json, self.ttl.as_secs().max(1))
+            .await
+    }
+
+    /// Make the records complete if Redis lost them: copy every live final response from the
+    /// database, then set the marker. One instance at a time; cheap when the marker is there.
+    pub async fn ensure_complete(&self, pool: &PgPool) -> anyhow::Result<bool> {
+        let mut conn = self.conn.clone();
+        if conn.exists::<_, bool>(COMPLETE).await? {
+            return Ok(true);
+        }
+        let lock: Option<String> = redis::cmd("SET")
+            .arg(REBUILDING)
+            .arg("1")
+            .arg("NX")
+            .arg("EX")
+            .arg(60)
+            .query_async(&mut conn)
+            .await?;
+        if lock.is_none() {
+            return Ok(false);
+        }
+        let rows = sqlx::query(
+            "SELECT user_id, key, fingerprint, status, body, location,
+                    GREATEST(EXTRACT(EPOCH FROM expires_at - now())::bigint, 1)
+             FROM idempotency_keys WHERE state = 'done' AND expires_at > now()",
+        )
+        .fetch_all(pool)
+        .await?;
+        for chunk in rows.chunks(500) {
+            let mut pipe = redis::pipe();
+            for r in chunk {
+                let record = Record {
+                    fingerprint: r.get(2),
+                    status: u16::try_from(r.get::<Option<i32>, _>(3).unwrap_or(500)).unwrap_or(500),
+                    body: r.get::<Option<Value>, _>(4).unwrap_or(Value::Null),
+                    location: r.get(5),
+                };
+                let ttl: i64 = r.get(6);
+                pipe.set_ex(
+                    Self::record_key(r.get(0), r.get(1)),
+                    serde_json::to_string(&record)?,
+                    u64::try_from(ttl).unwrap_or(1),
+                )
+                .ignore();
+            }
+            let _: () = pipe.query_async(&mut conn).await?;
+        }
+        let _: () = redis::pipe()
+            .set(COMPLETE, "1")
+            .ignore()
+            .del(REBUILDING)
+            .ignore()
+            .query_async(&mut conn)
+            .await?;
+        tracing::info!(records = rows.len(), "replay records rebuilt in Redis");
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_tokens_or_sf_strings() {
+        assert_eq!(parse_key("abc-123").as_deref(), Ok("abc-123"));
+        assert_eq!(
+            parse_key("\"8e03978e-40d5\"").as_deref(),
+            Ok("8e03978e-40d5")
+        );
+        assert!(parse_key("").is_err());
+        assert!(parse_key("\"\"").is_err());
+        assert!(parse_key("has space").is_err());
+        assert!(parse_key(&"k".repeat(256)).is_err());
+        assert!(parse_key(&"k".repeat(255)).is_ok());
+        assert!(parse_key("caf\u{e9}").is_err());
+    }
+}

@@ -1,0 +1,487 @@
+//! PostgreSQL access for orders, idempotency keys and purchase totals.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::postgres::{PgPool, PgRow};
+use sqlx::{PgConnection, Row};
+use uuid::Uuid;
+
+/// Embedded migrations (`order-service/migrations`).
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// An order as callers see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct Order {
+    /// Order id (UUID v7).
+    pub order_id: Uuid,
+    /// `pending`, `reserved`, `paid`, `cancelled` or `rejected`.
+    pub status: String,
+    /// The item.
+    pub sku: String,
+    /// Units.
+    pub qty: i64,
+    /// Pay before this, or the order is cancelled (reserved orders).
+    pub pay_by: Option<DateTime<Utc>>,
+    /// Why the order was rejected or cancelled.
+    pub reason: Option<String>,
+    /// When it was placed.
+    pub created_at: DateTime<Utc>,
+    #[serde(skip)]
+    pub(crate) user_id: String,
+}
+
+fn order_from(r: &PgRow) -> Order {
+    Order {
+        order_id: r.get("id"),
+        status: r.get("status"),
+        sku: r.get("sku"),
+        qty: r.get("qty"),
+        pay_by: r.get("pay_by"),
+        reason: r.get("reason"),
+        created_at: r.get("created_at"),
+        user_id: r.get("user_id"),
+    }
+}
+
+const ORDER_COLUMNS: &str = "id, user_id, sku, qty, status, reason, pay_by, created_at";
+
+/// A stored idempotency key.
+#[derive(Debug, Clone)]
+pub struct KeyRow {
+    /// The canonical request it was first used with.
+    pub fingerprint: String,
+    /// The order it made.
+    pub order_id: Uuid,
+    /// True once the response is stored.
+    pub done: bool,
+    /// Stored response status.
+    pub status: Option<i32>,
+    /// Stored response body.
+    pub body: Option<Value>,
+    /// Stored `Location` header.
+    pub location: Option<String>,
+}
+
+/// Result of claiming an idempotency key.
+#[derive(Debug)]
+pub enum Claim {
+    /// The key is new: a pending order was created and this request owns it.
+    New {
+        /// The new order.
+        order_id: Uuid,
+        /// The purchase limit refused it (the order is already rejected).
+        over_limit: bool,
+    },
+    /// The key was used before.
+    Existing(KeyRow),
+}
+
+/// Claim `(user, key)` and create the pending order, in one transaction; enforce the
+/// purchase limit in the same transaction (the `purchase_totals` row lock serializes one
+/// user's concurrent orders of one item).
+#[allow(clippy::too_many_arguments)]
+pub async fn claim(
+    pool: &PgPool,
+    user: &str,
+    key: &str,
+    fingerprint: &str,
+    sku: &str,
+    qty: i64,
+    ttl: Duration,
+    lease: Duration,
+    limit: i64,
+) -> sqlx::Result<Claim> {
+    let mut tx = pool.begin().await?;
+    // An expired key counts as new.
+    sqlx::query("DELETE FROM idempotency_keys WHERE user_id = $1 AND key = $2 AND expires_at < now() AND state = 'done'")
+        .bind(user)
+        .bind(key)
+        .execute(&mut *tx)
+        .await?;
+    let order_id = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO orders (id, user_id, sku, qty, status, locked_until)
+         VALUES ($1, $2, $3, $4, 'pending', now() + $5 * interval '1 millisecond')",
+    )
+    .bind(order_id)
+    .bind(user)
+    .bind(sku)
+    .bind(qty)
+    .bind(millis(lease))
+    .execute(&mut *tx)
+    .await?;
+    let inserted = sqlx::query(
+        "INSERT INTO idempotency_keys (user_id, key, fingerprint, order_id, state, expires_at)
+         VALUES ($1, $2, $3, $4, 'in_progress', now() + $5 * interval '1 second')
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(user)
+    .bind(key)
+    .bind(fingerprint)
+    .bind(order_id)
+    .bind(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX))
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        == 1;
+    if !inserted {
+        tx.rollback().await?;
+        let mut conn = pool.acquire().await?;
+        return match key_row(&mut conn, user, key).await? {
+            Some(row) => Ok(Claim::Existing(row)),
+            // Deleted between our insert and select (expired or abandoned): a conflict the
+            // client can retry.
+            None => Err(sqlx::Error::RowNotFound),
+        };
+    }
+    let within_limit = qty <= limit
+        && sqlx::query(
+            "INSERT INTO purchase_totals (user_id, sku, qty) VALUES ($1, $2, $3)
+             ON CONFLICT (user_id, sku) DO UPDATE SET qty = purchase_totals.qty + EXCLUDED.qty
+             WHERE purchase_totals.qty + EXCLUDED.qty <= $4",
+        )
+        .bind(user)
+        .bind(sku)
+        .bind(qty)
+        .bind(limit)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+    if !within_limit {
+        sqlx::query("UPDATE orders SET status = 'rejected', reason = 'purchase-limit', updated_at = now() WHERE id = $1")
+            .bind(order_id)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(Claim::New {
+        order_id,
+        over_limit: !within_limit,
+    })
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// The stored key.
+pub async fn key_row(
+    conn: &mut PgConnection,
+    user: &str,
+    key: &str,
+) -> sqlx::Result<Option<KeyRow>> {
+    let row = sqlx::query(
+        "SELECT fingerprint, order_id, state, status, body, location FROM idempotency_keys
+         WHERE user_id = $1 AND key = $2",
+    )
+    .bind(user)
+    .bind(key)
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map(|r| KeyRow {
+        fingerprint: r.get(0),
+        order_id: r.get(1),
+        done: r.get::<String, _>(2) == "done",
+        status: r.get(3),
+        body: r.get(4),
+        location: r.get(5),
+    }))
+}
+
+/// The idempotency key that made `order_id`, if it is still stored.
+pub async fn key_of_order(pool: &PgPool, order_id: Uuid) -> sqlx::Result<Option<(String, String)>> {
+    sqlx::query_as("SELECT user_id, key FROM idempotency_keys WHERE order_id = $1")
+        .bind(order_id)
+        .fetch_optional(pool)
+        .await
+}
+
+/// Take over a pending order whose lease has run out. The order if this caller now owns it.
+pub async fn take_over(
+    pool: &PgPool,
+    order_id: Uuid,
+    lease: Duration,
+) -> sqlx::Result<Option<Order>> {
+    let sql = format!(
+        "UPDATE orders SET locked_until = now() + $2 * interval '1 millisecond'
+         WHERE id = $1 AND status = 'pending' AND locked_until < now()
+         RETURNING {ORDER_COLUMNS}"
+    );
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(order_id)
+        .bind(millis(lease))
+        .fetch_optional(pool)
+        .await?;
+    Ok(row.as_ref().map(order_from))
+}
+
+/// Give up ownership of a pending order now (its outcome is unknown; a retry or the worker
+/// takes it over).
+pub async fn release_lease(pool: &PgPool, order_id: Uuid) -> sqlx::Result<()> {
+    sqlx::query("UPDATE orders SET locked_until = now() WHERE id = $1 AND status = 'pending'")
+        .bind(order_id)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// The final response to store for a key.
+#[derive(Debug, Clone)]
+pub struct StoredResponse {
+    /// HTTP status.
+    pub status: u16,
+    /// JSON body.
+    pub body: Value,
+    /// `Location` header, if any.
+    pub location: Option<String>,
+}
+
+/// Finish a pending order (`reserved` with `pay_by`, or `rejected` with a reason) and store
+/// the response under its key, in one transaction. False if the order was not pending.
+pub async fn finish(
+    pool: &PgPool,
+    order_id: Uuid,
+    status: &str,
+    reason: Option<&str>,
+    pay_by: Option<DateTime<Utc>>,
+    response: &StoredResponse,
+) -> sqlx::Result<bool> {
+    let mut tx = pool.begin().await?;
+    let row = sqlx::query(
+        "UPDATE orders SET status = $2, reason = $3, pay_by = $4, updated_at = now(), locked_until = now()
+         WHERE id = $1 AND status = 'pending' RETURNING user_id, sku, qty",
+    )
+    .bind(order_id)
+    .bind(status)
+    .bind(reason)
+    .bind(pay_by)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(row) = row else {
+        tx.rollback().await?;
+        return Ok(false);
+    };
+    if status == "rejected" {
+        give_back_total(&mut tx, row.get(0), row.get(1), row.get(2)).await?;
+    }
+    sqlx::query(
+        "UPDATE idempotency_keys SET state = 'done', status = $2, body = $3, location = $4
+         WHERE order_id = $1",
+    )
+    .bind(order_id)
+    .bind(i32::from(response.status))
+    .bind(&response.body)
+    .bind(&response.location)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// Record the stored response of a key whose order was already final (limit rejections).
+pub async fn store_response(
+    pool: &PgPool,
+    order_id: Uuid,
+    response: &StoredResponse,
+) -> sqlx::Result<()> {
+    sqlx::query("UPDATE idempotency_keys SET state = 'done', status = $2, body = $3, location = $4 WHERE order_id = $1")
+        .bind(order_id)
+        .bind(i32::from(response.status))
+        .bind(&response.body)
+        .bind(&response.location)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// The stock-service certainly did not deduct and cannot now: reject the order and forget
+/// the key, so a retry with it starts afresh. Nothing is left half-done.
+pub async fn abandon(pool: &PgPool, order_id: Uuid, reason: &str) -> sqlx::Result<()> {
+    let mut tx = pool.begin().await?;
+    let row = sqlx::query(
+        "UPDATE orders SET status = 'rejected', reason = $2, updated_at = now()
+         WHERE id = $1 AND status = 'pending' RETURNING user_id, sku, qty",
+    )
+    .bind(order_id)
+    .bind(reason)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some(row) = row {
+        give_back_total(&mut tx, row.get(0), row.get(1), row.get(2)).await?;
+        sqlx::query("DELETE FROM idempotency_keys WHERE order_id = $1")
+            .bind(order_id)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Forget an order entirely (its request was invalid, e.g. an unknown item): the key, the
+/// order and its purchase total go, as if the request had never come.
+pub async fn discard(pool: &PgPool, order_id: Uuid) -> sqlx::Result<()> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("DELETE FROM idempotency_keys WHERE order_id = $1")
+        .bind(order_id)
+        .execute(&mut *tx)
+        .await?;
+    let row = sqlx::query("DELETE FROM orders WHERE id = $1 AND status IN ('pending', 'rejected') RETURNING user_id, sku, qty, status")
+        .bind(order_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+    if let Some(row) = row
+        && row.get::<String, _>(3) == "pending"
+    {
+        give_back_total(&mut tx, row.get(0), row.get(1), row.get(2)).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn give_back_total(
+    conn: &mut PgConnection,
+    user: String,
+    sku: String,
+    qty: i64,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE purchase_totals SET qty = GREATEST(qty - $3, 0) WHERE user_id = $1 AND sku = $2",
+    )
+    .bind(user)
+    .bind(sku)
+    .bind(qty)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// One order of `user`.
+pub async fn order(pool: &PgPool, order_id: Uuid) -> sqlx::Result<Option<Order>> {
+    let sql = format!("SELECT {ORDER_COLUMNS} FROM orders WHERE id = $1");
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(order_id)
+        .fetch_optional(pool)
+        .await?;
+    Ok(row.as_ref().map(order_from))
+}
+
+/// The newest orders of `user`.
+pub async fn orders_of(pool: &PgPool, user: &str, limit: i64) -> sqlx::Result<Vec<Order>> {
+    let sql = format!(
+        "SELECT {ORDER_COLUMNS} FROM orders WHERE user_id = $1 ORDER BY created_at DESC LIMIT $2"
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(user)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?;
+    Ok(rows.iter().map(order_from).collect())
+}
+
+/// `reserved` -> `paid` within the payment window. The order after the attempt.
+pub async fn pay(pool: &PgPool, order_id: Uuid) -> sqlx::Result<bool> {
+    Ok(sqlx::query(
+        "UPDATE orders SET status = 'paid', updated_at = now()
+         WHERE id = $1 AND status = 'reserved' AND pay_by > now()",
+    )
+    .bind(order_id)
+    .execute(pool)
+    .await?
+    .rows_affected()
+        == 1)
+}
+
+/// `reserved` -> `cancelled` (stock release still to do). True if it changed.
+pub async fn cancel(pool: &PgPool, order_id: Uuid, reason: &str) -> sqlx::Result<bool> {
+    let mut tx = pool.begin().await?;
+    let row = sqlx::query(
+        "UPDATE orders SET status = 'cancelled', reason = $2, stock_released = false, updated_at = now()
+         WHERE id = $1 AND status = 'reserved' RETURNING user_id, sku, qty",
+    )
+    .bind(order_id)
+    .bind(reason)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let changed = row.is_some();
+    if let Some(row) = row {
+        give_back_total(&mut tx, row.get(0), row.get(1), row.get(2)).await?;
+    }
+    tx.commit().await?;
+    Ok(changed)
+}
+
+/// The stock of a cancelled order is back.
+pub async fn mark_released(pool: &PgPool, order_id: Uuid) -> sqlx::Result<()> {
+    sqlx::query("UPDATE orders SET stock_released = true WHERE id = $1")
+        .bind(order_id)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Cancel reserved orders whose payment window closed; returns how many.
+pub async fn expire_unpaid(pool: &PgPool, limit: i64) -> sqlx::Result<u64> {
+    let done = sqlx::query(
+        "WITH expired AS (
+             UPDATE orders SET status = 'cancelled', reason = 'payment-timeout', stock_released = false,
+                 updated_at = now()
+             WHERE id IN (SELECT id FROM orders WHERE status = 'reserved' AND pay_by <= now()
+                          ORDER BY pay_by LIMIT $1 FOR UPDATE SKIP LOCKED)
+             RETURNING user_id, sku, qty),
+         per_user AS (SELECT user_id, sku, SUM(qty) AS qty FROM expired GROUP BY 1, 2)
+         UPDATE purchase_totals t SET qty = GREATEST(t.qty - p.qty, 0)
+         FROM per_user p WHERE t.user_id = p.user_id AND t.sku = p.sku",
+    )
+    .bind(limit)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Cancelled orders whose stock is not yet confirmed released.
+pub async fn unreleased(pool: &PgPool, limit: i64) -> sqlx::Result<Vec<(Uuid, String)>> {
+    sqlx::query_as(
+        "SELECT id, sku FROM orders WHERE status = 'cancelled' AND NOT stock_released
+         ORDER BY updated_at LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// Pending orders nobody owns, older than `grace`: take their lease for the worker.
+pub async fn stuck_pending(
+    pool: &PgPool,
+    grace: Duration,
+    lease: Duration,
+    limit: i64,
+) -> sqlx::Result<Vec<Order>> {
+    let sql = format!(
+        "UPDATE orders SET locked_until = now() + $2 * interval '1 millisecond'
+         WHERE id IN (SELECT id FROM orders WHERE status = 'pending' AND locked_until < now()
+                        AND updated_at < now() - $1 * interval '1 millisecond'
+                      ORDER BY updated_at LIMIT $3 FOR UPDATE SKIP LOCKED)
+         RETURNING {ORDER_COLUMNS}"
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(millis(grace))
+        .bind(millis(lease))
+        .bind(limit)
+        .fetch_all(pool)
+        .await?;
+    Ok(rows.iter().map(order_from).collect())
+}
+
+/// Delete expired keys; returns how many.
+pub async fn prune_keys(pool: &PgPool) -> sqlx::Result<u64> {
+    Ok(
+        sqlx::query("DELETE FROM idempotency_keys WHERE expires_at < now() AND state = 'done'")
+            .execute(pool)
+            .await?
+            .rows_affected(),
+    )
+}
