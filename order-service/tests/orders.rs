@@ -520,7 +520,9 @@ async fn bad_input_gets_4xx_and_changes_nothing() {
     };
     let ok_body = json!({"sku": sku, "qty": 1}).to_string();
     let long_key: &'static str = Box::leak("k".repeat(256).into_boxed_str());
-    let cases: Vec<(&str, Option<&'static str>, Option<&str>, String, u16)> = vec![
+    /// What, key, user, body, expected status.
+    type Case<'a> = (&'a str, Option<&'static str>, Option<&'a str>, String, u16);
+    let cases: Vec<Case> = vec![
         ("no key", None, Some(&user), ok_body.clone(), 400),
         ("empty key", Some(""), Some(&user), ok_body.clone(), 400),
         (
