@@ -725,3 +725,32 @@ async fn the_sold_out_fast_path_never_breaks_a_replay() {
         (StatusCode::CREATED, won.raw.as_str())
     );
 }
+
+#[tokio::test]
+async fn expired_keys_are_pruned_and_then_make_a_new_order() {
+    let (s, o) = shop(
+        &[],
+        &[("IDEMPOTENCY_TTL_SECS", "1"), ("PURCHASE_LIMIT", "5")],
+    )
+    .await;
+    let c = http();
+    let sku = unique("sku");
+    put_stock(&c, &s.url(""), &sku, 5, 1).await;
+    let user = unique("u");
+    let body = json!({"sku": sku, "qty": 1});
+    let first = place(&c, &o.url(""), &user, Some("short-lived"), body.clone()).await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let pass = order_service::recovery::run_once(&o.engine)
+        .await
+        .expect("pass");
+    assert!(pass.pruned >= 1, "{pass:?}");
+    let second = place(&c, &o.url(""), &user, Some("short-lived"), body).await;
+    assert_eq!(
+        (second.status, second.replayed),
+        (StatusCode::CREATED, false),
+        "{}",
+        second.raw
+    );
+    assert_ne!(second.body["order_id"], first.body["order_id"]);
+}

@@ -42,13 +42,14 @@ return 1",
 
 /// Take `qty` from the counters: from one segment if one has enough (starting at ARGV[2]),
 /// else greedily across segments if they have enough together. Returns a flat list
-/// {segment, units, ...}; empty when there is not enough; {-1} when the hash is missing.
+/// {segment, units, ...}; empty when there is not enough; {-1} when counters are missing (Redis
+/// lost them: the caller re-seeds them from the database).
 /// KEYS[1] counters; ARGV[1] qty; ARGV[2] start segment; ARGV[3] segment count.
 static TAKE: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r"
-if redis.call('exists', KEYS[1]) == 0 then return {-1} end
 local qty = tonumber(ARGV[1]); local start = tonumber(ARGV[2]); local n = tonumber(ARGV[3])
+if redis.call('hlen', KEYS[1]) < n then return {-1} end
 local values = {}
 local total = 0
 for i = 0, n - 1 do
@@ -74,6 +75,22 @@ for i = 0, n - 1 do
   end
 end
 return out",
+    )
+});
+
+/// Add ARGV[2] to field ARGV[1] only if the counters exist. KEYS[1] counters.
+static GIVE_BACK: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        "if redis.call('exists', KEYS[1]) == 0 then return 0 end
+         return redis.call('hincrby', KEYS[1], ARGV[1], ARGV[2])",
+    )
+});
+
+/// Set field ARGV[1] to ARGV[2] only if the counters exist. KEYS[1] counters.
+static CORRECT: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        "if redis.call('exists', KEYS[1]) == 0 then return 0 end
+         redis.call('hset', KEYS[1], ARGV[1], ARGV[2]) return 1",
     )
 });
 
@@ -262,14 +279,20 @@ impl StockCache {
     }
 
     /// redis-atomic: give units back to the counters (a failed database write, a release).
+    /// Counters that are missing stay missing (the next deduction re-seeds them from the
+    /// database, which already has these units), so a give-back never creates a partial set.
     pub async fn give_back(&self, sku: &str, parts: &[(i32, i64)]) -> redis::RedisResult<()> {
         let key = self.keys(sku).counters;
         let mut conn = self.conn.clone();
-        let mut pipe = redis::pipe();
         for (segment, qty) in parts {
-            pipe.hincr(&key, segment, *qty).ignore();
+            let _: i64 = GIVE_BACK
+                .key(&key)
+                .arg(segment)
+                .arg(*qty)
+                .invoke_async(&mut conn)
+                .await?;
         }
-        pipe.query_async(&mut conn).await
+        Ok(())
     }
 
     /// redis-atomic: re-seed missing counters from the database (fields that exist are kept).
@@ -283,15 +306,25 @@ impl StockCache {
         pipe.query_async(&mut conn).await
     }
 
-    /// redis-atomic: overwrite one counter (after the database refused a write it allowed).
-    pub async fn correct_counter(
+    /// redis-atomic: overwrite counters with the database's values (after the database
+    /// refused a write Redis allowed, or Redis refused what the database has). Only counters
+    /// that exist are overwritten.
+    pub async fn correct_counters(
         &self,
         sku: &str,
-        segment: i32,
-        value: i64,
+        values: &[(i32, i64)],
     ) -> redis::RedisResult<()> {
+        let key = self.keys(sku).counters;
         let mut conn = self.conn.clone();
-        conn.hset(self.keys(sku).counters, segment, value).await
+        for (segment, value) in values {
+            let _: i64 = CORRECT
+                .key(&key)
+                .arg(segment)
+                .arg(*value)
+                .invoke_async(&mut conn)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Sum of redis-atomic's counters (to measure drift against the database).

@@ -18,6 +18,8 @@ use crate::strategy::Strategy;
 pub const MAX_QTY: i64 = 10_000;
 /// Largest item a reset may create.
 pub const MAX_TOTAL: i64 = 1_000_000_000;
+/// Rounds of redis-atomic's take-then-write before answering 503.
+const ATOMIC_ROUNDS: usize = 5;
 /// Most segments an item may have.
 pub const MAX_SEGMENTS: i32 = 1024;
 
@@ -698,70 +700,65 @@ impl Stock {
         generation: i64,
         segments: i32,
     ) -> Result<StockChange, StockError> {
-        let start = rand::rng().random_range(0..segments);
-        let parts = match self.cache.take(sku, qty, start, segments).await? {
-            Some(p) => p,
-            None => {
-                // Redis lost the counters: re-seed from the database and try again.
-                let mut conn = self.pool.acquire().await?;
-                let rows = store::read_segments(&mut conn, sku, &[], false).await?;
-                drop(conn);
-                let values: Vec<(i32, i64)> =
-                    rows.iter().map(|r| (r.segment, r.available)).collect();
-                self.cache.seed_counters(sku, &values).await?;
-                self.metrics.counters_reseeded();
-                self.cache
-                    .take(sku, qty, start, segments)
-                    .await?
-                    .unwrap_or_default()
-            }
-        };
-        if parts.is_empty() {
-            let epoch = self.cache.epoch(sku).await?;
-            let mut conn = self.pool.acquire().await?;
-            let total: i64 = store::read_segments(&mut conn, sku, &[], false)
-                .await?
-                .iter()
-                .map(|r| r.available)
-                .sum();
-            if total >= qty {
-                // Redis says no, the database says yes: drift (Redis lost units).
-                self.metrics.atomic_drift();
-            }
-            return Err(self.not_enough(sku, &epoch, total.min(qty - 1), qty).await);
-        }
-        if !self.config.rmw_delay.is_zero() {
-            tokio::time::sleep(self.config.rmw_delay).await;
-        }
-        let outcome = self.write_atomic(sku, order_id, generation, &parts).await;
-        match outcome {
-            Ok(Rmw::Done { movement, after }) => Ok(self.done(sku, movement, &after).await),
-            other => {
-                // The units were not written: give them back to Redis.
-                if let Err(err) = self.cache.give_back(sku, &parts).await {
-                    tracing::warn!(%sku, error = %err, "could not give units back to Redis (drift)");
+        // A few rounds: a round ends early when the database refuses units Redis handed out
+        // (Redis over-counted, e.g. after re-seeding while writes were in flight); the
+        // counters are corrected from the database and the next round asks Redis again.
+        for _ in 0..ATOMIC_ROUNDS {
+            let start = rand::rng().random_range(0..segments);
+            let parts = match self.cache.take(sku, qty, start, segments).await? {
+                Some(p) => p,
+                None => {
+                    // Redis lost the counters: re-seed from the database and try again.
+                    let values = self.segment_values(sku).await?;
+                    self.cache.seed_counters(sku, &values).await?;
+                    self.metrics.counters_reseeded();
+                    self.cache
+                        .take(sku, qty, start, segments)
+                        .await?
+                        .unwrap_or_default()
                 }
-                match other? {
-                    Rmw::Duplicate => self.replay_after_race(sku, order_id).await,
-                    Rmw::Insufficient(seen) => {
-                        // The database had less than Redis: correct those counters.
-                        for (segment, value) in &seen {
-                            self.cache.correct_counter(sku, *segment, *value).await?;
-                        }
-                        self.metrics.atomic_drift();
-                        let epoch = self.cache.epoch(sku).await?;
-                        let total =
-                            store::read_segments(&mut *self.pool.acquire().await?, sku, &[], false)
-                                .await?
-                                .iter()
-                                .map(|r| r.available)
-                                .sum::<i64>();
-                        Err(self.not_enough(sku, &epoch, total.min(qty - 1), qty).await)
-                    }
-                    Rmw::Done { .. } | Rmw::Rejected { .. } => Err(StockError::Conflict),
+            };
+            if parts.is_empty() {
+                // Redis, the gate, says no. The database tells sold out from not enough;
+                // units Redis handed out that the database has not recorded yet are in
+                // flight (they commit, or come back to Redis if their write fails).
+                let epoch = self.cache.epoch(sku).await?;
+                let total: i64 = self.segment_values(sku).await?.iter().map(|(_, a)| a).sum();
+                if total < qty {
+                    return Err(self.not_enough(sku, &epoch, total, qty).await);
                 }
+                self.metrics.outcome(self.strategy(), "sold_out");
+                return Err(StockError::SoldOut(sku.to_owned()));
+            }
+            if !self.config.rmw_delay.is_zero() {
+                tokio::time::sleep(self.config.rmw_delay).await;
+            }
+            let outcome = self.write_atomic(sku, order_id, generation, &parts).await;
+            if let Ok(Rmw::Done { movement, after }) = outcome {
+                return Ok(self.done(sku, movement, &after).await);
+            }
+            // The units were not written: give them back to Redis.
+            if let Err(err) = self.cache.give_back(sku, &parts).await {
+                tracing::warn!(%sku, error = %err, "could not give units back to Redis (drift)");
+            }
+            match outcome? {
+                Rmw::Duplicate => return self.replay_after_race(sku, order_id).await,
+                Rmw::Insufficient(seen) => {
+                    // The database had less than Redis handed out: correct those counters.
+                    self.cache.correct_counters(sku, &seen).await?;
+                    self.metrics.atomic_drift();
+                }
+                Rmw::Done { .. } | Rmw::Rejected { .. } => return Err(StockError::Conflict),
             }
         }
+        Err(StockError::Conflict)
+    }
+
+    /// Every segment's availability, from the database.
+    async fn segment_values(&self, sku: &str) -> Result<Vec<(i32, i64)>, StockError> {
+        let mut conn = self.pool.acquire().await?;
+        let rows = store::read_segments(&mut conn, sku, &[], false).await?;
+        Ok(rows.iter().map(|r| (r.segment, r.available)).collect())
     }
 
     async fn write_atomic(
