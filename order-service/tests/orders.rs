@@ -325,10 +325,23 @@ async fn an_unpaid_order_is_cancelled_after_the_timeout_and_its_stock_released()
         "the payment window closed: {}",
         late.raw
     );
-    let pass = order_service::recovery::run_once(&o.engine)
-        .await
-        .expect("pass");
-    assert!(pass.expired >= 1 && pass.released >= 1, "{pass:?}");
+    // Worker passes (this test's; other tests' workers share the database and may get there
+    // first) until the order is settled.
+    let url = o.url(&format!(
+        "/orders/{}",
+        a.body["order_id"].as_str().unwrap_or("")
+    ));
+    for _ in 0..50 {
+        order_service::recovery::run_once(&o.engine)
+            .await
+            .expect("pass");
+        let now = call(&c, Method::GET, url.clone(), &user).await;
+        let audit = stock_audit(&c, &s.url(""), &sku).await;
+        if now.body["status"] == "cancelled" && audit["available"] == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let now = call(
         &c,
         Method::GET,
@@ -355,7 +368,7 @@ async fn an_unpaid_order_is_cancelled_after_the_timeout_and_its_stock_released()
 /// a pending order; once its lease runs out the worker settles it, and the key replays it.
 #[tokio::test]
 async fn the_worker_settles_an_order_whose_request_died_mid_way() {
-    let (s, o) = shop(&[], &[("ORDER_LEASE_MS", "200"), ("PURCHASE_LIMIT", "5")]).await;
+    let (s, o) = shop(&[], &[("ORDER_LEASE_MS", "1000"), ("PURCHASE_LIMIT", "5")]).await;
     let c = http();
     let sku = unique("sku");
     put_stock(&c, &s.url(""), &sku, 5, 1).await;
@@ -421,11 +434,23 @@ async fn the_worker_settles_an_order_whose_request_died_mid_way() {
     )
     .await;
     assert_eq!(early.status, StatusCode::CONFLICT, "{}", early.raw);
-    tokio::time::sleep(Duration::from_millis(1300)).await; // lease and grace over
-    let pass = order_service::recovery::run_once(&o.engine)
-        .await
-        .expect("pass");
-    assert_eq!(pass.redriven, 2, "{pass:?}");
+    tokio::time::sleep(Duration::from_millis(2200)).await; // lease and grace over
+    // Worker passes until both are settled (another test's worker, sharing the database,
+    // may be the one that settles them).
+    for _ in 0..50 {
+        order_service::recovery::run_once(&o.engine)
+            .await
+            .expect("pass");
+        let mut settled = 0;
+        for id in [order_id, before_id] {
+            let got = call(&c, Method::GET, o.url(&format!("/orders/{id}")), &user).await;
+            settled += usize::from(got.body["status"] != "pending");
+        }
+        if settled == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     for (key, id) in [("died-after", order_id), ("died-before", before_id)] {
         let got = call(&c, Method::GET, o.url(&format!("/orders/{id}")), &user).await;
         assert_eq!(got.body["status"], "reserved", "{key}: {}", got.raw);
