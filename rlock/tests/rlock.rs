@@ -202,11 +202,11 @@ async fn fixed_lease_expires_without_watchdog_and_the_guard_knows() {
 
 #[tokio::test]
 async fn watchdog_keeps_the_lock_for_several_leases_and_stops_at_release() {
-    let c = client(short_watchdog(300)).await;
+    let c = client(short_watchdog(600)).await;
     let a = c.lock("watched").expect("lock");
     let b = c.lock("watched").expect("lock");
     let guard = a.acquire().await.expect("acquire");
-    tokio::time::sleep(Duration::from_millis(1200)).await; // four leases
+    tokio::time::sleep(Duration::from_millis(2000)).await; // over three leases
     assert!(!guard.is_lost());
     assert!(a.is_locked().await.expect("locked"));
     assert!(

@@ -77,8 +77,8 @@ async fn concurrent_duplicates_of_one_order_deduct_once() {
 /// past its lease while another holder wrote) has its write fenced out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_holder_whose_lease_ran_out_is_fenced_out() {
-    let slow = instance(&[("LOCK_LEASE_MS", "300"), ("RMW_DELAY_MS", "1200")]).await;
-    let fast = instance(&[("LOCK_LEASE_MS", "300")]).await;
+    let slow = instance(&[("LOCK_LEASE_MS", "500"), ("RMW_DELAY_MS", "3000")]).await;
+    let fast = instance(&[("LOCK_LEASE_MS", "500")]).await;
     let c = http();
     let sku = sku();
     put_stock(&c, &slow, &sku, 10, 1).await;
@@ -97,7 +97,7 @@ async fn a_holder_whose_lease_ran_out_is_fenced_out() {
             (status, r.json::<Value>().await.unwrap_or(Value::Null))
         })
     };
-    tokio::time::sleep(Duration::from_millis(600)).await; // the slow holder's lease is over
+    tokio::time::sleep(Duration::from_millis(1500)).await; // the slow holder's lease is over
     let (status, _) = deduct(&c, &fast, &sku, &format!("{sku}-prompt"), 1).await;
     assert_eq!(
         status,
@@ -272,8 +272,10 @@ async fn release_puts_stock_back_once_and_only_for_deducted_orders() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sold_out_is_answered_fast_everywhere_and_cleared_everywhere_by_a_restock_or_release() {
-    let a = instance(&[]).await;
-    let b = instance(&[]).await;
+    // A long local TTL: only the broadcasts can clear the flags in time.
+    let vars = [("SOLD_OUT_TTL_MS", "60000")];
+    let a = instance(&vars).await;
+    let b = instance(&vars).await;
     let c = http();
     let sku = sku();
     put_stock(&c, &a, &sku, 1, 1).await;
@@ -286,9 +288,8 @@ async fn sold_out_is_answered_fast_everywhere_and_cleared_everywhere_by_a_restoc
         (status, body["type"].clone()),
         (StatusCode::CONFLICT, json!("/problems/sold-out"))
     );
-    tokio::time::sleep(Duration::from_millis(100)).await; // the broadcast reaches b
     assert!(
-        b.stock.cache.is_sold_out(&sku).await,
+        eventually(|| b.stock.cache.is_sold_out(&sku)).await,
         "b learned it from a's broadcast"
     );
     // A release on one instance clears the flag on the other.
@@ -299,8 +300,7 @@ async fn sold_out_is_answered_fast_everywhere_and_cleared_everywhere_by_a_restoc
         .await
         .expect("post");
     assert_eq!(r.status(), StatusCode::OK);
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(!b.stock.cache.is_sold_out(&sku).await);
+    assert!(eventually(|| async { !b.stock.cache.is_sold_out(&sku).await }).await);
     assert_eq!(
         deduct(&c, &b, &sku, &format!("{sku}-second"), 1).await.0,
         StatusCode::OK
@@ -310,14 +310,28 @@ async fn sold_out_is_answered_fast_everywhere_and_cleared_everywhere_by_a_restoc
         deduct(&c, &b, &sku, &format!("{sku}-third"), 1).await.0,
         StatusCode::CONFLICT
     );
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(a.stock.cache.is_sold_out(&sku).await);
+    assert!(eventually(|| a.stock.cache.is_sold_out(&sku)).await);
     put_stock(&c, &b, &sku, 5, 2).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(eventually(|| async { !a.stock.cache.is_sold_out(&sku).await }).await);
     assert_eq!(
         deduct(&c, &a, &sku, &format!("{sku}-fourth"), 1).await.0,
         StatusCode::OK
     );
+}
+
+/// Poll `check` for up to 3 s.
+async fn eventually<F, Fut>(check: F) -> bool
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..60 {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
 }
 
 #[tokio::test]
