@@ -48,12 +48,6 @@ impl OrderConfig {
 
     /// Read `env`.
     pub fn from_source(env: &Env) -> Result<Self, ConfigError> {
-        let ms = |name: &str, default: u64| -> Result<Duration, ConfigError> {
-            Ok(Duration::from_millis(env.parse_or(name, default)?))
-        };
-        let secs = |name: &str, default: u64| -> Result<Duration, ConfigError> {
-            Ok(Duration::from_secs(env.parse_or(name, default)?))
-        };
         let purchase_limit: i64 = env.parse_or("PURCHASE_LIMIT", 1)?;
         if purchase_limit < 1 {
             return Err(ConfigError::Invalid {
@@ -64,25 +58,24 @@ impl OrderConfig {
         }
         Ok(OrderConfig {
             service: ServiceConfig::from_source(env, Self::DEFAULT_PORT)?,
-            database_url: env
-                .raw("DATABASE_URL")?
-                .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".into()),
+            database_url: env.string_or(
+                "DATABASE_URL",
+                "postgres://postgres@127.0.0.1:5432/postgres",
+            )?,
             db_max_connections: env.parse_or("DB_MAX_CONNECTIONS", 16)?,
-            redis_url: env
-                .raw("REDIS_URL")?
-                .unwrap_or_else(|| "redis://127.0.0.1:6379/".into()),
+            redis_url: env.string_or("REDIS_URL", "redis://127.0.0.1:6379/")?,
             stock_url: env
                 .raw("STOCK_URL")?
                 .unwrap_or_else(|| "http://127.0.0.1:8082".into())
                 .trim_end_matches('/')
                 .to_owned(),
-            stock_timeout: ms("STOCK_TIMEOUT_MS", 2000)?,
+            stock_timeout: env.millis("STOCK_TIMEOUT_MS", 2000)?,
             stock_retries: env.parse_or("STOCK_RETRIES", 3)?,
-            payment_timeout: secs("PAYMENT_TIMEOUT_SECS", 900)?,
-            idempotency_ttl: secs("IDEMPOTENCY_TTL_SECS", 86_400)?,
+            payment_timeout: env.secs("PAYMENT_TIMEOUT_SECS", 900)?,
+            idempotency_ttl: env.secs("IDEMPOTENCY_TTL_SECS", 86_400)?,
             purchase_limit,
-            order_lease: ms("ORDER_LEASE_MS", 10_000)?,
-            recovery_interval: ms("RECOVERY_INTERVAL_MS", 1000)?,
+            order_lease: env.millis("ORDER_LEASE_MS", 10_000)?,
+            recovery_interval: env.millis("RECOVERY_INTERVAL_MS", 1000)?,
             stock_key_prefix: env
                 .raw("STOCK_KEY_PREFIX")?
                 .unwrap_or_else(|| "stock".into()),

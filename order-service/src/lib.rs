@@ -16,7 +16,6 @@ pub mod store;
 use anyhow::Context as _;
 use axum::Router;
 use service_kit::{health, layers};
-use sqlx::postgres::PgPoolOptions;
 
 pub use config::OrderConfig;
 pub use orders::{OrderError, Orders};
@@ -32,16 +31,12 @@ pub const DEFAULT_PORT: u16 = OrderConfig::DEFAULT_PORT;
 
 /// Connect to PostgreSQL (applying migrations) and Redis, and build the engine.
 pub async fn connect(config: OrderConfig) -> anyhow::Result<Orders> {
-    let pool = PgPoolOptions::new()
-        .max_connections(config.db_max_connections)
-        .acquire_timeout(std::time::Duration::from_secs(5))
-        .connect(&config.database_url)
-        .await
-        .with_context(|| format!("cannot connect to PostgreSQL at {}", config.database_url))?;
-    store::MIGRATOR
-        .run(&pool)
-        .await
-        .context("database migrations failed")?;
+    let pool = service_kit::postgres::connect(
+        &config.database_url,
+        config.db_max_connections,
+        &store::MIGRATOR,
+    )
+    .await?;
     let redis = redis::Client::open(config.redis_url.as_str())?
         .get_connection_manager_with_config(
             redis::aio::ConnectionManagerConfig::new()

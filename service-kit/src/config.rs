@@ -116,6 +116,25 @@ impl Env {
     {
         Ok(self.parse(name)?.unwrap_or(default))
     }
+
+    /// A duration given in milliseconds in `name`, `default_ms` if unset.
+    pub fn millis(&self, name: &str, default_ms: u64) -> Result<std::time::Duration, ConfigError> {
+        Ok(std::time::Duration::from_millis(
+            self.parse_or(name, default_ms)?,
+        ))
+    }
+
+    /// A duration given in seconds in `name`, `default_secs` if unset.
+    pub fn secs(&self, name: &str, default_secs: u64) -> Result<std::time::Duration, ConfigError> {
+        Ok(std::time::Duration::from_secs(
+            self.parse_or(name, default_secs)?,
+        ))
+    }
+
+    /// The string in `name`, `default` if unset or blank.
+    pub fn string_or(&self, name: &str, default: &str) -> Result<String, ConfigError> {
+        Ok(self.raw(name)?.unwrap_or_else(|| default.to_owned()))
+    }
 }
 
 /// Settings every service shares.

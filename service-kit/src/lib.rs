@@ -23,6 +23,8 @@ pub mod config;
 pub mod extract;
 pub mod health;
 pub mod layers;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod problem;
 pub mod server;
 pub mod telemetry;

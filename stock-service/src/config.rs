@@ -53,9 +53,6 @@ impl StockConfig {
 
     /// Read `env` (tests pass fixed pairs).
     pub fn from_source(env: &Env) -> Result<Self, ConfigError> {
-        let ms = |name: &str, default: u64| -> Result<Duration, ConfigError> {
-            Ok(Duration::from_millis(env.parse_or(name, default)?))
-        };
         let strategy: Strategy = env.parse_or("STOCK_STRATEGY", Strategy::Segmented)?;
         let redlock_urls: Vec<String> = env
             .raw("REDLOCK_URLS")?
@@ -75,25 +72,24 @@ impl StockConfig {
         }
         Ok(StockConfig {
             service: ServiceConfig::from_source(env, Self::DEFAULT_PORT)?,
-            database_url: env
-                .raw("DATABASE_URL")?
-                .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".into()),
+            database_url: env.string_or(
+                "DATABASE_URL",
+                "postgres://postgres@127.0.0.1:5432/postgres",
+            )?,
             db_max_connections: env.parse_or("DB_MAX_CONNECTIONS", 16)?,
-            redis_url: env
-                .raw("REDIS_URL")?
-                .unwrap_or_else(|| "redis://127.0.0.1:6379/".into()),
+            redis_url: env.string_or("REDIS_URL", "redis://127.0.0.1:6379/")?,
             strategy,
             redlock_urls,
-            lock_wait: ms("LOCK_WAIT_MS", 2000)?,
+            lock_wait: env.millis("LOCK_WAIT_MS", 2000)?,
             lock_lease: env
                 .parse::<u64>("LOCK_LEASE_MS")?
                 .map(Duration::from_millis),
-            rmw_delay: ms("RMW_DELAY_MS", 0)?,
+            rmw_delay: env.millis("RMW_DELAY_MS", 0)?,
             optimistic_retries: env.parse_or("OPTIMISTIC_RETRIES", 50)?,
             key_prefix: env
                 .raw("STOCK_KEY_PREFIX")?
                 .unwrap_or_else(|| "stock".into()),
-            sold_out_ttl: ms("SOLD_OUT_TTL_MS", 1000)?,
+            sold_out_ttl: env.millis("SOLD_OUT_TTL_MS", 1000)?,
         })
     }
 }

@@ -16,7 +16,6 @@ use anyhow::Context as _;
 use axum::Router;
 use rlock::{LockClient, LockConfig, RedLock, RedLockConfig};
 use service_kit::{health, layers};
-use sqlx::postgres::PgPoolOptions;
 
 pub use config::StockConfig;
 pub use engine::{Stock, StockChange, StockError};
@@ -33,16 +32,12 @@ pub const DEFAULT_PORT: u16 = StockConfig::DEFAULT_PORT;
 
 /// Connect to PostgreSQL (applying migrations) and Redis, and build the engine.
 pub async fn connect(config: StockConfig) -> anyhow::Result<Stock> {
-    let pool = PgPoolOptions::new()
-        .max_connections(config.db_max_connections)
-        .acquire_timeout(std::time::Duration::from_secs(5))
-        .connect(&config.database_url)
-        .await
-        .with_context(|| format!("cannot connect to PostgreSQL at {}", config.database_url))?;
-    store::MIGRATOR
-        .run(&pool)
-        .await
-        .context("database migrations failed")?;
+    let pool = service_kit::postgres::connect(
+        &config.database_url,
+        config.db_max_connections,
+        &store::MIGRATOR,
+    )
+    .await?;
     let locks = LockClient::connect(&config.redis_url, LockConfig::default())
         .await
         .with_context(|| format!("cannot connect to Redis at {}", config.redis_url))?;

@@ -70,6 +70,35 @@ fn pick_url(value: Option<String>, default: &str) -> String {
         .unwrap_or_else(|| default.to_owned())
 }
 
+/// URL of a database named `name` on the shared test PostgreSQL ([`database_url`]), created
+/// if it does not exist yet. Several test processes may race to create it; that is fine.
+/// `name` must be a plain identifier (letters, digits, `_`).
+pub async fn database(name: &str) -> anyhow::Result<String> {
+    anyhow::ensure!(
+        !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'),
+        "database name {name:?} must be letters, digits and '_'"
+    );
+    let admin = database_url();
+    let pool = sqlx::PgPool::connect(&admin)
+        .await
+        .with_context(|| format!("cannot connect to the test PostgreSQL at {admin}"))?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(name)
+            .fetch_one(&pool)
+            .await?;
+    if !exists {
+        // Losing a creation race to another test process is fine.
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&pool)
+            .await;
+    }
+    pool.close().await;
+    let base = admin.split('?').next().unwrap_or(&admin);
+    let base = base.rsplit_once('/').map_or(base, |(b, _)| b);
+    Ok(format!("{base}/{name}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

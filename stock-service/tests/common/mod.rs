@@ -4,7 +4,6 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
-use std::sync::OnceLock;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -23,35 +22,11 @@ impl Instance {
     }
 }
 
-static DB_URL: OnceLock<String> = OnceLock::new();
-
-/// A database of its own for these tests (created on the test PostgreSQL if missing).
+/// A database of its own for these tests.
 pub async fn database_url() -> String {
-    if let Some(url) = DB_URL.get() {
-        return url.clone();
-    }
-    let admin = testkit::database_url();
-    let name = "seckill_stock_test";
-    let pool = sqlx::PgPool::connect(&admin)
+    testkit::database("seckill_stock_test")
         .await
-        .expect("connect to the test PostgreSQL");
-    let exists: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-            .bind(name)
-            .fetch_one(&pool)
-            .await
-            .expect("query");
-    if !exists {
-        // Several test processes may race here; losing the race is fine.
-        let _ = sqlx::query("CREATE DATABASE seckill_stock_test")
-            .execute(&pool)
-            .await;
-    }
-    pool.close().await;
-    let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
-    let url = format!("{base}/{name}");
-    let _ = DB_URL.set(url.clone());
-    url
+        .expect("test database")
 }
 
 /// Start an instance with `vars` on top of test defaults.
