@@ -65,9 +65,9 @@ pub async fn connect(config: OrderConfig) -> anyhow::Result<Orders> {
     Ok(orders)
 }
 
-/// The HTTP application: the order API and `/healthz`, with the shared middleware.
+/// The HTTP application (request metrics by route included; the binary adds `/metrics`): the order API and `/healthz`, with the shared middleware.
 pub fn app(orders: Orders) -> Router {
     let body_limit = orders.config.service.body_limit_bytes;
     let router = api::routes(orders).merge(health::router(SERVICE_NAME, SERVICE_VERSION));
-    layers::with_common_layers(router, body_limit)
+    layers::with_common_layers(service_kit::metrics::with_http_metrics(router), body_limit)
 }

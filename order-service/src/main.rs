@@ -4,11 +4,13 @@
 
 use anyhow::Context as _;
 use order_service::{OrderConfig, SERVICE_NAME, SERVICE_VERSION, app, connect, recovery};
+use service_kit::metrics::Metrics;
 use service_kit::{server, telemetry};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     telemetry::init().context("failed to initialise telemetry")?;
+    let metrics = Metrics::install(SERVICE_NAME)?;
     let config = OrderConfig::from_env().context("invalid configuration")?;
     tracing::info!(service = SERVICE_NAME, version = SERVICE_VERSION, stock = %config.stock_url, "starting");
     let addr = config.service.bind_addr;
@@ -17,6 +19,7 @@ async fn main() -> anyhow::Result<()> {
     if !interval.is_zero() {
         tokio::spawn(recovery::run(orders.clone(), interval));
     }
-    server::serve(app(orders), addr, SERVICE_NAME).await?;
+    server::serve(app(orders).merge(metrics.router()), addr, SERVICE_NAME).await?;
+    metrics.shutdown();
     Ok(())
 }

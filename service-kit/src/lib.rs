@@ -23,6 +23,7 @@ pub mod config;
 pub mod extract;
 pub mod health;
 pub mod layers;
+pub mod metrics;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod problem;

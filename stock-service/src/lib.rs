@@ -68,9 +68,9 @@ pub async fn connect(config: StockConfig) -> anyhow::Result<Stock> {
     })
 }
 
-/// The HTTP application: the stock API and `/healthz`, with the shared middleware.
+/// The HTTP application (request metrics by route included; the binary adds `/metrics`): the stock API and `/healthz`, with the shared middleware.
 pub fn app(stock: Stock) -> Router {
     let body_limit = stock.config.service.body_limit_bytes;
     let router = api::routes(stock).merge(health::router(SERVICE_NAME, SERVICE_VERSION));
-    layers::with_common_layers(router, body_limit)
+    layers::with_common_layers(service_kit::metrics::with_http_metrics(router), body_limit)
 }

@@ -2,16 +2,19 @@
 //! and Redis, and serves [`stock_service::app`] until Ctrl-C or SIGTERM.
 
 use anyhow::Context as _;
+use service_kit::metrics::Metrics;
 use service_kit::{server, telemetry};
 use stock_service::{SERVICE_NAME, SERVICE_VERSION, StockConfig, app, connect};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     telemetry::init().context("failed to initialise telemetry")?;
+    let metrics = Metrics::install(SERVICE_NAME)?;
     let config = StockConfig::from_env().context("invalid configuration")?;
     tracing::info!(service = SERVICE_NAME, version = SERVICE_VERSION, strategy = %config.strategy, "starting");
     let addr = config.service.bind_addr;
     let stock = connect(config).await?;
-    server::serve(app(stock), addr, SERVICE_NAME).await?;
+    server::serve(app(stock).merge(metrics.router()), addr, SERVICE_NAME).await?;
+    metrics.shutdown();
     Ok(())
 }
