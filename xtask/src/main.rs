@@ -4,6 +4,7 @@
 //! One module per subcommand; shared plumbing (locating the workspace, running
 //! cargo, Ctrl-C handling) lives here.
 
+mod bench;
 mod services;
 mod test;
 
@@ -33,12 +34,16 @@ enum Cmd {
     /// Run every test of the workspace against real Redis and PostgreSQL
     /// (shared ones when they answer, throwaway ones otherwise).
     Test(test::TestArgs),
+    /// Run a benchmark (`lock`, `strategies` or `all`) against the same Redis and
+    /// PostgreSQL `test` would use.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Cmd::Test(args) => test::run(&args),
+        Cmd::Bench(args) => bench::run(&args),
     };
     match result {
         Ok(code) => code,
