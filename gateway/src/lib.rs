@@ -1,10 +1,37 @@
-//! The API gateway: the public entry point that routes to order-service and stock-service.
+//! The API gateway: the one public door of the shop.
 //!
-//! For now it only serves `GET /healthz`; the binary in `main.rs` wires it
-//! to configuration, telemetry and the server.
+//! Routes `/api/orders…` and `/api/stock…` (from a TOML file, reloaded while running) to
+//! pools of upstream instances, balanced round robin or by power of two choices, with
+//! unhealthy instances ejected on errors and by active `/healthz` checks. It issues and checks
+//! HS256 JWTs (`POST /api/login`), sets `x-user-id` for upstreams (and strips any a client
+//! sends), rate-limits per user and overall, retries only what is safe to repeat within a
+//! per-route deadline, and can send a share of a route to a canary pool. docs/gateway.md
+//! describes it all.
+
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod forward_headers;
+mod health_check;
+pub mod login;
+pub mod metrics;
+pub mod proxy;
+pub mod rate_limit;
+pub mod reload;
+pub mod routes;
+pub mod runtime;
+pub mod server;
+pub mod settings;
+pub mod state;
+pub mod upstream;
 
 use axum::Router;
-use service_kit::{ServiceConfig, health, layers};
+use axum::routing::post;
+use service_kit::{health, layers};
+
+pub use config::{ConfigFileError, FileConfig};
+pub use settings::GatewaySettings;
+pub use state::{Gateway, Reloaded};
 
 /// Service name, as reported by `/healthz` and in logs.
 pub const SERVICE_NAME: &str = env!("CARGO_PKG_NAME");
@@ -12,13 +39,18 @@ pub const SERVICE_NAME: &str = env!("CARGO_PKG_NAME");
 /// Service version, as reported by `/healthz`.
 pub const SERVICE_VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// Port listened on when `BIND_ADDR` is not set.
+/// Port listened on when neither `BIND_ADDR` nor the file's `listen` is set.
 pub const DEFAULT_PORT: u16 = 8080;
 
-/// Builds the HTTP application, wrapped in the shared middleware stack.
-pub fn app(config: &ServiceConfig) -> Router {
-    layers::with_common_layers(
-        health::router(SERVICE_NAME, SERVICE_VERSION),
-        config.body_limit_bytes,
-    )
+/// Builds the HTTP application: `GET /healthz`, `POST /api/login` and the proxy for
+/// everything else, wrapped in the shared middleware stack (request ids, tracing, the body
+/// limit, problem bodies). Serve it with [`server::serve`] so handlers see client addresses.
+pub fn app(gateway: Gateway) -> Router {
+    let body_limit = gateway.settings().service.body_limit_bytes;
+    let router = Router::new()
+        .route(login::LOGIN_PATH, post(login::login))
+        .fallback(proxy::proxy)
+        .with_state(gateway)
+        .merge(health::router(SERVICE_NAME, SERVICE_VERSION));
+    layers::with_common_layers(router, body_limit)
 }

@@ -2,22 +2,23 @@
 
 use std::net::SocketAddr;
 
-use gateway::{DEFAULT_PORT, app};
-use service_kit::config::{Env, ServiceConfig};
+use gateway::{Gateway, GatewaySettings, app};
+use service_kit::config::Env;
 use service_kit::server;
 
 #[tokio::test]
 async fn healthz_returns_ok_json() {
-    let config =
-        ServiceConfig::from_source(&Env::from_pairs::<_, &str, &str>([]), DEFAULT_PORT).unwrap();
+    // No GATEWAY_CONFIG: the built-in example configuration.
+    let settings = GatewaySettings::from_source(&Env::from_pairs::<_, &str, &str>([])).unwrap();
+    let gateway = Gateway::start(settings).unwrap();
     let listener = server::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
         .await
         .unwrap();
     let addr = listener.local_addr().unwrap();
     // The server lives until the test runtime shuts down.
-    tokio::spawn(server::serve_listener(
+    tokio::spawn(gateway::server::serve_listener(
         listener,
-        app(&config),
+        app(gateway),
         std::future::pending(),
     ));
 

@@ -1,0 +1,350 @@
+//! Forwarding: route, authenticate, rate-limit, then send the request to a pool with safe
+//! retries under the route's deadline.
+//!
+//! Retry rules (an attempt goes to an upstream not tried yet when the pool has one):
+//!
+//! * a **connect error** means the request never reached an upstream, so it is always retried;
+//! * any other failure (connection reset, closed before the response) may have reached the
+//!   upstream: it is retried only for GET, HEAD and OPTIONS, or a POST carrying an
+//!   `Idempotency-Key` (the order-service answers a repeated key with the first response);
+//! * a response, whatever its status, is never retried: the upstream decided;
+//! * the route's `timeout_ms` bounds all attempts together; when it passes the answer is 504
+//!   and nothing is retried.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, Method, Uri};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http_body_util::{Full, LengthLimitError};
+use hyper::body::{Frame, Incoming, SizeHint};
+use opentelemetry::StringValue;
+use tokio::time::Instant;
+
+use crate::Gateway;
+use crate::auth::{Identity, Role};
+use crate::config::Access;
+use crate::error::GatewayError;
+use crate::forward_headers;
+use crate::routes::{Route, is_clean_path};
+use crate::runtime::Runtime;
+use crate::upstream::{HealthChange, InFlight, Upstream};
+
+/// Header whose presence makes a POST safe to repeat.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// What the access log and metrics record about one request.
+#[derive(Debug, Default)]
+struct Outcome {
+    route: Option<Arc<str>>,
+    user: Option<String>,
+    upstream: Option<String>,
+    attempts: u32,
+    canary: bool,
+}
+
+/// The fallback handler: every request that is not `/healthz` or `/api/login`.
+pub(crate) async fn proxy(State(gateway): State<Gateway>, request: Request) -> Response {
+    let started = Instant::now();
+    let runtime = gateway.runtime();
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let mut outcome = Outcome::default();
+    let response = match forward(&gateway, &runtime, request, started, &mut outcome).await {
+        Ok(response) => response,
+        Err(error) => {
+            if let GatewayError::RateLimited(limited) = &error {
+                gateway.metrics().rate_limited(
+                    outcome.route.as_deref().unwrap_or("unmatched"),
+                    limited.scope.as_str(),
+                );
+            }
+            error.into_response()
+        }
+    };
+    let elapsed = started.elapsed();
+    let status = response.status().as_u16();
+    let label = outcome
+        .route
+        .clone()
+        .map_or_else(|| StringValue::from("unmatched"), StringValue::from);
+    gateway
+        .metrics()
+        .request(label, &method, status, elapsed.as_secs_f64());
+    let route = outcome.route.as_deref().unwrap_or("unmatched");
+    tracing::info!(
+        target: "gateway::access",
+        %method,
+        path,
+        route,
+        status,
+        user = outcome.user.as_deref().unwrap_or("-"),
+        upstream = outcome.upstream.as_deref().unwrap_or("-"),
+        attempts = outcome.attempts,
+        canary = outcome.canary,
+        latency_ms = elapsed.as_secs_f64() * 1000.0,
+        "access"
+    );
+    response
+}
+
+async fn forward(
+    gateway: &Gateway,
+    runtime: &Runtime,
+    request: Request,
+    started: Instant,
+    outcome: &mut Outcome,
+) -> Result<Response, GatewayError> {
+    let (parts, body) = request.into_parts();
+    let path = parts.uri.path();
+    if !is_clean_path(path) {
+        return Err(GatewayError::BadPath);
+    }
+    let route = runtime.routes.find(path).ok_or(GatewayError::NoRoute)?;
+    outcome.route = Some(Arc::clone(&route.name));
+
+    // A presented token must be valid, even on a public route.
+    let identity = runtime.tokens.authenticate(&parts.headers)?;
+    outcome.user = identity.as_ref().map(|i| i.user.clone());
+    authorize(route.access(&parts.method), identity.as_ref())?;
+
+    let client_ip = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    if runtime.limits.is_active() {
+        let key = match (&identity, client_ip) {
+            (Some(id), _) => format!("user:{}", id.user),
+            (None, Some(ip)) => format!("ip:{ip}"),
+            (None, None) => "ip:unknown".to_owned(),
+        };
+        runtime
+            .limits
+            .check(&key)
+            .map_err(GatewayError::RateLimited)?;
+    }
+
+    let body = read_body(body, gateway.settings().service.body_limit_bytes).await?;
+    let (pool, canary) = route.choose_pool(&parts.headers, outcome.user.as_deref());
+    outcome.canary = canary;
+    let upstream_path = route.upstream_path(path, parts.uri.query());
+    let headers = forward_headers::to_upstream(&parts.headers, identity.as_ref(), client_ip);
+    let replay_safe = is_replay_safe(&parts.method, &parts.headers);
+    let deadline = started + route.timeout;
+    let threshold = runtime.file.upstreams.eject_after_failures;
+
+    let mut tried: Vec<Arc<Upstream>> = Vec::new();
+    let mut last_error = None;
+    loop {
+        // Prefer an upstream not tried yet; a pool of one retries the same instance.
+        let Some(upstream) = pool.pick(&tried).or_else(|| pool.pick(&[])) else {
+            return Err(last_error.unwrap_or_else(|| {
+                tracing::warn!(pool = %pool.name, route = %route.name, "no healthy upstream");
+                GatewayError::NoHealthyUpstream(pool.name.clone())
+            }));
+        };
+        if !tried.is_empty() {
+            gateway.metrics().retry(&route.name, &pool.name);
+        }
+        tried.push(Arc::clone(&upstream));
+        outcome.attempts += 1;
+        outcome.upstream = Some(upstream.base.clone());
+
+        let uri: Uri = format!("{}{}", upstream.base, upstream_path)
+            .parse()
+            .map_err(|error| {
+                tracing::error!(%error, upstream = %upstream.base, "cannot build the upstream URI");
+                GatewayError::Internal
+            })?;
+        let mut upstream_request = hyper::Request::new(Full::new(body.clone()));
+        *upstream_request.method_mut() = parts.method.clone();
+        *upstream_request.uri_mut() = uri;
+        *upstream_request.headers_mut() = headers.clone();
+
+        let in_flight = upstream.start_request();
+        let attempt =
+            tokio::time::timeout_at(deadline, runtime.client.request(upstream_request)).await;
+        let failure = match attempt {
+            Ok(Ok(response)) => {
+                if upstream.record_success() == HealthChange::Readmitted {
+                    tracing::info!(upstream = %upstream.base, "upstream answered again; re-admitted");
+                }
+                return Ok(into_client_response(response, in_flight));
+            }
+            Ok(Err(error)) => error,
+            Err(_elapsed) => {
+                record_failure(gateway, route, &pool.name, &upstream, threshold, "timeout");
+                tracing::warn!(upstream = %upstream.base, route = %route.name, "upstream timed out");
+                return Err(GatewayError::UpstreamTimeout(route.timeout.as_millis()));
+            }
+        };
+        drop(in_flight);
+        let connect = failure.is_connect();
+        let kind = if connect { "connect" } else { "broken" };
+        record_failure(gateway, route, &pool.name, &upstream, threshold, kind);
+        tracing::warn!(
+            upstream = %upstream.base,
+            route = %route.name,
+            kind,
+            error = %error_chain(&failure),
+            "upstream attempt failed"
+        );
+        let error = if connect {
+            GatewayError::UpstreamUnavailable(pool.name.clone())
+        } else {
+            GatewayError::UpstreamBroken
+        };
+        let attempts_left = outcome.attempts <= route.retries;
+        if !(attempts_left && (connect || replay_safe)) {
+            return Err(error);
+        }
+        last_error = Some(error);
+    }
+}
+
+/// Checks the caller may use a route with `access`.
+fn authorize(access: Access, identity: Option<&Identity>) -> Result<(), GatewayError> {
+    match (access, identity) {
+        (Access::Public, _) => Ok(()),
+        (_, None) => Err(GatewayError::Unauthenticated(
+            crate::auth::TokenError::Missing,
+        )),
+        (Access::Admin, Some(id)) if id.role != Role::Admin => Err(GatewayError::Forbidden),
+        _ => Ok(()),
+    }
+}
+
+/// Whether a request may be sent again after it possibly reached an upstream.
+pub fn is_replay_safe(method: &Method, headers: &HeaderMap) -> bool {
+    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+        || (*method == Method::POST && headers.contains_key(IDEMPOTENCY_KEY))
+}
+
+fn record_failure(
+    gateway: &Gateway,
+    route: &Route,
+    pool: &str,
+    upstream: &Upstream,
+    threshold: u32,
+    kind: &'static str,
+) {
+    gateway
+        .metrics()
+        .upstream_error(&route.name, pool, &upstream.base, kind);
+    if upstream.record_failure(threshold) == HealthChange::Ejected {
+        gateway.metrics().ejected(&upstream.base);
+        tracing::warn!(upstream = %upstream.base, kind, "upstream ejected after consecutive failures");
+    }
+}
+
+/// Buffers the request body (so it can be replayed); the limit layer caps its size.
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, GatewayError> {
+    axum::body::to_bytes(body, limit).await.map_err(|error| {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&error);
+        while let Some(e) = source {
+            if e.is::<LengthLimitError>() {
+                return GatewayError::BodyTooLarge(limit);
+            }
+            source = e.source();
+        }
+        tracing::debug!(%error, "cannot read the request body");
+        GatewayError::BodyUnreadable
+    })
+}
+
+fn into_client_response(response: hyper::Response<Incoming>, in_flight: InFlight) -> Response {
+    let (mut parts, body) = response.into_parts();
+    forward_headers::strip_hop_by_hop(&mut parts.headers);
+    Response::from_parts(
+        parts,
+        Body::new(TrackedBody {
+            inner: body,
+            _in_flight: in_flight,
+        }),
+    )
+}
+
+/// An upstream response body that counts as in flight until it is finished or dropped.
+struct TrackedBody {
+    inner: Incoming,
+    _in_flight: InFlight,
+}
+
+impl hyper::body::Body for TrackedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// An error and its sources, `: `-separated.
+pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_safe_requests_are_replayed() {
+        let mut keyed = HeaderMap::new();
+        keyed.insert(IDEMPOTENCY_KEY, "k1".parse().unwrap());
+        let none = HeaderMap::new();
+        assert!(is_replay_safe(&Method::GET, &none));
+        assert!(is_replay_safe(&Method::HEAD, &none));
+        assert!(is_replay_safe(&Method::POST, &keyed));
+        assert!(!is_replay_safe(&Method::POST, &none));
+        assert!(!is_replay_safe(&Method::PUT, &none));
+        assert!(!is_replay_safe(&Method::PATCH, &keyed));
+        assert!(!is_replay_safe(&Method::DELETE, &none));
+    }
+
+    #[test]
+    fn access_rules() {
+        let user = Identity {
+            user: "u".into(),
+            role: Role::User,
+        };
+        let admin = Identity {
+            user: "admin".into(),
+            role: Role::Admin,
+        };
+        assert!(authorize(Access::Public, None).is_ok());
+        assert!(matches!(
+            authorize(Access::User, None),
+            Err(GatewayError::Unauthenticated(_))
+        ));
+        assert!(authorize(Access::User, Some(&user)).is_ok());
+        assert!(matches!(
+            authorize(Access::Admin, Some(&user)),
+            Err(GatewayError::Forbidden)
+        ));
+        assert!(authorize(Access::Admin, Some(&admin)).is_ok());
+    }
+}
