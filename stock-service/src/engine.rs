@@ -681,11 +681,9 @@ impl Stock {
             strategy: strategy.as_str().to_owned(),
             generation,
         };
-        if !store::insert_movement(&mut tx, kind, &movement, strategy).await? {
-            tx.rollback().await?;
+        if !commit_movement(tx, kind, &movement, strategy).await? {
             return Ok(Rmw::Duplicate);
         }
-        tx.commit().await?;
         Ok(Rmw::Done { movement, after })
     }
 
@@ -794,18 +792,9 @@ impl Stock {
             strategy: Strategy::RedisAtomic.as_str().to_owned(),
             generation,
         };
-        if !store::insert_movement(
-            &mut tx,
-            MovementKind::Deduct,
-            &movement,
-            Strategy::RedisAtomic,
-        )
-        .await?
-        {
-            tx.rollback().await?;
+        if !commit_movement(tx, MovementKind::Deduct, &movement, Strategy::RedisAtomic).await? {
             return Ok(Rmw::Duplicate);
         }
-        tx.commit().await?;
         Ok(Rmw::Done { movement, after })
     }
 
@@ -826,27 +815,34 @@ impl Stock {
             strategy: Strategy::RedisAtomic.as_str().to_owned(),
             ..deduction.clone()
         };
-        if !store::insert_movement(
-            &mut tx,
-            MovementKind::Release,
-            &movement,
-            Strategy::RedisAtomic,
-        )
-        .await?
-        {
-            tx.rollback().await?;
+        if !commit_movement(tx, MovementKind::Release, &movement, Strategy::RedisAtomic).await? {
             let mut conn = self.pool.acquire().await?;
             return store::movement(&mut conn, &deduction.order_id, MovementKind::Release)
                 .await?
                 .ok_or(StockError::Conflict);
         }
-        tx.commit().await?;
         let parts: Vec<(i32, i64)> = deduction.parts.iter().map(|p| (p.segment, p.qty)).collect();
         self.cache.give_back(sku, &parts).await?;
         self.cache.set_availability(sku, &after).await;
         self.metrics.segment_levels(sku, &after);
         Ok(movement)
     }
+}
+
+/// Insert the movement and commit. `false` (rolled back) when a concurrent request for the
+/// same order and kind won: the caller replays that one.
+async fn commit_movement(
+    mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+    kind: MovementKind,
+    movement: &Movement,
+    strategy: Strategy,
+) -> Result<bool, StockError> {
+    if !store::insert_movement(&mut tx, kind, movement, strategy).await? {
+        tx.rollback().await?;
+        return Ok(false);
+    }
+    tx.commit().await?;
+    Ok(true)
 }
 
 /// Which segments give how much: one segment when one covers `qty`, else greedily in segment

@@ -232,7 +232,16 @@ async fn a_deduction_spans_segments_when_no_single_one_covers_it() {
 
 #[tokio::test]
 async fn release_puts_stock_back_once_and_only_for_deducted_orders() {
-    let i = instance(&[]).await;
+    release_once("segmented").await;
+}
+
+#[tokio::test]
+async fn redis_atomic_release_puts_stock_back_once() {
+    release_once("redis-atomic").await;
+}
+
+async fn release_once(strategy: &str) {
+    let i = instance(&[("STOCK_STRATEGY", strategy)]).await;
     let c = http();
     let sku = sku();
     put_stock(&c, &i, &sku, 4, 2).await;
