@@ -11,24 +11,7 @@ use crate::upstreams::{Mode, TestUpstream};
 
 /// A database named `name` on the test PostgreSQL (created if missing).
 async fn database(name: &str) -> String {
-    let admin = testkit::database_url();
-    let pool = sqlx::PgPool::connect(&admin)
-        .await
-        .expect("connect to the test PostgreSQL");
-    let exists: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-            .bind(name)
-            .fetch_one(&pool)
-            .await
-            .expect("query");
-    if !exists {
-        let _ = sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&pool)
-            .await;
-    }
-    pool.close().await;
-    let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
-    format!("{base}/{name}")
+    testkit::database(name).await.expect("test database")
 }
 
 async fn serve(router: axum::Router) -> SocketAddr {
