@@ -1,13 +1,13 @@
 //! `cargo xtask bench`: the benchmarks, against the Redis and PostgreSQL that
 //! `cargo xtask test` would use (found or started the same way, exported the same way).
 
-use std::fmt;
 use std::path::Path;
 use std::process::{Command, ExitCode};
 
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 
+use crate::outcome::{Outcome, summarize};
 use crate::services::Services;
 
 /// Options of `cargo xtask bench`.
@@ -49,27 +49,6 @@ impl What {
     }
 }
 
-/// How one benchmark ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Outcome {
-    Passed,
-    Failed(Option<i32>),
-    Skipped,
-    Interrupted,
-}
-
-impl fmt::Display for Outcome {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Outcome::Passed => f.write_str("ok"),
-            Outcome::Failed(Some(code)) => write!(f, "FAILED (exit code {code})"),
-            Outcome::Failed(None) => f.write_str("FAILED (killed by a signal)"),
-            Outcome::Skipped => f.write_str("skipped (interrupted)"),
-            Outcome::Interrupted => f.write_str("interrupted"),
-        }
-    }
-}
-
 /// Runs the selected benchmarks; the exit code is a failure when any of them failed.
 pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     crate::catch_interrupts()?;
@@ -77,38 +56,14 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     let result = run_benches(args, &services);
     services.shutdown();
     let steps = result?;
-
-    let interrupted = steps
-        .iter()
-        .any(|(_, o)| matches!(o, Outcome::Interrupted | Outcome::Skipped));
-    let failed = steps.iter().any(|(_, o)| matches!(o, Outcome::Failed(_)));
-    let verdict = if interrupted {
-        "INTERRUPTED"
-    } else if failed {
-        "FAILED"
-    } else {
-        "PASSED"
-    };
-    let details = steps
-        .iter()
-        .map(|(name, outcome)| format!("{name}: {outcome}"))
-        .collect::<Vec<_>>()
-        .join("; ");
-    println!("xtask bench: {verdict} ({details})");
-    Ok(if interrupted {
-        ExitCode::from(130)
-    } else if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(summarize("bench", &steps))
 }
 
 fn run_benches(args: &BenchArgs, services: &Services) -> anyhow::Result<Vec<(String, Outcome)>> {
     let mut steps = Vec::new();
     for &(package, bench) in args.what.targets() {
         if crate::interrupted() {
-            steps.push((bench.to_owned(), Outcome::Skipped));
+            steps.push((bench.to_owned(), Outcome::Skipped("interrupted")));
             continue;
         }
         let mut cmd = crate::cargo()?;

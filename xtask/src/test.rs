@@ -1,12 +1,12 @@
 //! `cargo xtask test`: every test of the workspace against real Redis and PostgreSQL.
 
-use std::fmt;
 use std::path::Path;
 use std::process::{Command, ExitCode, Stdio};
 
 use anyhow::Context as _;
 use clap::Args;
 
+use crate::outcome::{Outcome, summarize};
 use crate::services::Services;
 
 /// Options of `cargo xtask test`.
@@ -28,27 +28,6 @@ pub struct TestArgs {
     runner_args: Vec<String>,
 }
 
-/// How one step ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Outcome {
-    Passed,
-    Failed(Option<i32>),
-    Skipped(&'static str),
-    Interrupted,
-}
-
-impl fmt::Display for Outcome {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Outcome::Passed => f.write_str("ok"),
-            Outcome::Failed(Some(code)) => write!(f, "FAILED (exit code {code})"),
-            Outcome::Failed(None) => f.write_str("FAILED (killed by a signal)"),
-            Outcome::Skipped(why) => write!(f, "skipped ({why})"),
-            Outcome::Interrupted => f.write_str("interrupted"),
-        }
-    }
-}
-
 /// Runs the tests; the exit code is a failure when any step failed.
 pub fn run(args: &TestArgs) -> anyhow::Result<ExitCode> {
     crate::catch_interrupts()?;
@@ -56,29 +35,7 @@ pub fn run(args: &TestArgs) -> anyhow::Result<ExitCode> {
     let result = run_steps(args, &services);
     services.shutdown();
     let steps = result?;
-
-    let interrupted = steps.iter().any(|(_, o)| *o == Outcome::Interrupted);
-    let failed = steps.iter().any(|(_, o)| matches!(o, Outcome::Failed(_)));
-    let verdict = if interrupted {
-        "INTERRUPTED"
-    } else if failed {
-        "FAILED"
-    } else {
-        "PASSED"
-    };
-    let details = steps
-        .iter()
-        .map(|(name, outcome)| format!("{name}: {outcome}"))
-        .collect::<Vec<_>>()
-        .join("; ");
-    println!("xtask test: {verdict} ({details})");
-    Ok(if interrupted {
-        ExitCode::from(130)
-    } else if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(summarize("test", &steps))
 }
 
 /// The test runner, then (with nextest, which does not run doctests) the doctests.
