@@ -1,7 +1,8 @@
 //! The HTTP API of the order-service.
 
 use axum::Router;
-use axum::extract::{FromRequestParts, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{FromRequestParts, Query, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -12,7 +13,7 @@ use uuid::Uuid;
 
 use crate::idempotency::parse_key;
 use crate::orders::{KeyContext, OrderError, Orders, PlaceOrder, Reply};
-use crate::store::Order;
+use crate::store::{Order, OrderAudit, StatusTallies, Tally};
 
 /// Header carrying the authenticated user, set by the gateway (which strips any value a client
 /// sends). The order-service is not reachable from outside except through the gateway.
@@ -23,6 +24,10 @@ pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
 /// Header set on a replayed response.
 pub const REPLAYED: &str = "idempotent-replayed";
+
+/// Header carrying the authenticated user's role (`user` or `admin`), set by the gateway from
+/// the verified token (it strips any value a client sends).
+pub const ROLE_HEADER: &str = "x-user-role";
 
 /// The caller, from [`USER_HEADER`].
 #[derive(Debug, Clone)]
@@ -48,6 +53,25 @@ impl<S: Send + Sync> FromRequestParts<S> for User {
             None => Err(Problem::new(StatusCode::UNAUTHORIZED)
                 .with_detail("no authenticated user (the gateway sets it)")
                 .with_type("/problems/unauthenticated")),
+        }
+    }
+}
+
+/// An admin caller, from [`ROLE_HEADER`] (403 problem+json for anyone else).
+#[derive(Debug, Clone, Copy)]
+pub struct Admin;
+
+impl<S: Send + Sync> FromRequestParts<S> for Admin {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let role = parts.headers.get(ROLE_HEADER).and_then(|v| v.to_str().ok());
+        if role.map(str::trim) == Some("admin") {
+            Ok(Admin)
+        } else {
+            Err(Problem::new(StatusCode::FORBIDDEN)
+                .with_detail("the order audit is for admins (x-user-role: admin, set by the gateway)")
+                .with_type("/problems/forbidden"))
         }
     }
 }
@@ -83,6 +107,7 @@ pub fn routes(orders: Orders) -> Router {
         .route("/orders/{id}", get(one))
         .route("/orders/{id}/pay", post(pay))
         .route("/orders/{id}/cancel", post(cancel))
+        .route("/orders/audit/{sku}", get(audit))
         .route("/openapi.json", get(openapi))
         .with_state(orders)
 }
@@ -183,11 +208,48 @@ async fn cancel(
     Ok(Json(orders.cancel(&user, id).await?))
 }
 
+/// Query of `GET /orders/audit/{sku}`.
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct AuditQuery {
+    /// Count only orders of users whose id starts with this (a load test's run prefix).
+    pub user_prefix: Option<String>,
+}
+
+/// Audit the orders of an item (admin): orders and units by status, keys that made more
+/// than one order, users over the purchase limit. A load test compares it with the
+/// stock-service's ledger (`GET /stock/{sku}/audit`).
+#[utoipa::path(get, path = "/orders/audit/{sku}",
+    params(("sku" = String, Path), AuditQuery,
+           ("x-user-role" = String, Header, description = "must be `admin` (set by the gateway)")),
+    responses((status = 200, body = OrderAudit),
+              (status = 403, description = "Not an admin", content_type = "application/problem+json"),
+              (status = 422, description = "Bad sku or query", content_type = "application/problem+json")))]
+async fn audit(
+    State(orders): State<Orders>,
+    _: Admin,
+    Path(sku): Path<String>,
+    query: Result<Query<AuditQuery>, QueryRejection>,
+) -> Result<Json<OrderAudit>, ApiError> {
+    let Query(query) = query.map_err(|e| OrderError::Invalid(e.body_text()))?;
+    if !crate::orders::valid_sku(&sku) {
+        return Err(OrderError::Invalid(
+            "sku must be 1-64 characters of letters, digits, '.', '_' or '-'".into(),
+        )
+        .into());
+    }
+    let prefix = query.user_prefix.as_deref().filter(|p| !p.is_empty());
+    let audit = crate::store::audit(&orders.pool, &sku, prefix, orders.config.purchase_limit)
+        .await
+        .map_err(OrderError::from)?;
+    Ok(Json(audit))
+}
+
 #[derive(utoipa::OpenApi)]
 #[openapi(
     info(title = "order-service", description = "Idempotent flash-sale orders"),
-    paths(place, list, one, pay, cancel),
-    components(schemas(PlaceOrder, Order))
+    paths(place, list, one, pay, cancel, audit),
+    components(schemas(PlaceOrder, Order, OrderAudit, StatusTallies, Tally))
 )]
 struct ApiDoc;
 

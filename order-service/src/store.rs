@@ -485,3 +485,143 @@ pub async fn prune_keys(pool: &PgPool) -> sqlx::Result<u64> {
             .rows_affected(),
     )
 }
+
+/// Orders and units in one status.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Tally {
+    /// Orders.
+    pub count: i64,
+    /// Units.
+    pub qty: i64,
+}
+
+/// Orders by status.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct StatusTallies {
+    /// Placed, stock not yet settled.
+    pub pending: Tally,
+    /// Stock deducted, awaiting payment.
+    pub reserved: Tally,
+    /// Paid.
+    pub paid: Tally,
+    /// Cancelled (by the buyer or the payment timeout).
+    pub cancelled: Tally,
+    /// Refused (sold out, insufficient stock, purchase limit).
+    pub rejected: Tally,
+}
+
+/// What the order books say about one item: the facts a load test checks against the
+/// stock-service's ledger (`GET /orders/audit/{sku}`, admin only).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct OrderAudit {
+    /// The item.
+    pub sku: String,
+    /// Only orders of users whose id starts with this were counted (all when absent).
+    pub user_prefix: Option<String>,
+    /// Orders and units by status.
+    pub orders: StatusTallies,
+    /// Cancelled orders whose stock release is not confirmed yet (the worker retries).
+    pub cancelled_unreleased: Tally,
+    /// Units that hold stock: reserved + paid + cancelled-but-not-yet-released. Equals the
+    /// stock-service's `deducted - released` once nothing is pending.
+    pub holding_stock_qty: i64,
+    /// `(user, Idempotency-Key)` pairs that made more than one order (must be 0).
+    pub keys_with_several_orders: i64,
+    /// Reserved or paid orders with no idempotency key (must be 0 while keys are within
+    /// their TTL).
+    pub orders_without_key: i64,
+    /// Distinct users with an order of the item.
+    pub users: i64,
+    /// Users holding more than `purchase_limit` units in pending, reserved or paid orders
+    /// (must be 0).
+    pub users_over_limit: i64,
+    /// The instance's `PURCHASE_LIMIT`.
+    pub purchase_limit: i64,
+}
+
+/// Audit the orders of `sku` (of users whose id starts with `user_prefix`, if given).
+pub async fn audit(
+    pool: &PgPool,
+    sku: &str,
+    user_prefix: Option<&str>,
+    purchase_limit: i64,
+) -> sqlx::Result<OrderAudit> {
+    let mut tx = pool.begin().await?;
+    // One consistent snapshot for all the counts.
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .execute(&mut *tx)
+        .await?;
+    const MINE: &str = "o.sku = $1 AND ($2::text IS NULL OR starts_with(o.user_id, $2))";
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT o.status, COUNT(*), COALESCE(SUM(o.qty), 0)::bigint FROM orders o
+         WHERE {MINE} GROUP BY o.status"
+    )))
+    .bind(sku)
+    .bind(user_prefix)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut orders = StatusTallies::default();
+    for row in &rows {
+        let tally = Tally {
+            count: row.get(1),
+            qty: row.get(2),
+        };
+        match row.get::<String, _>(0).as_str() {
+            "pending" => orders.pending = tally,
+            "reserved" => orders.reserved = tally,
+            "paid" => orders.paid = tally,
+            "cancelled" => orders.cancelled = tally,
+            _ => orders.rejected = tally,
+        }
+    }
+    let (count, qty): (i64, i64) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT COUNT(*), COALESCE(SUM(o.qty), 0)::bigint FROM orders o
+         WHERE {MINE} AND o.status = 'cancelled' AND NOT o.stock_released"
+    )))
+    .bind(sku)
+    .bind(user_prefix)
+    .fetch_one(&mut *tx)
+    .await?;
+    let cancelled_unreleased = Tally { count, qty };
+    let (keys_with_several_orders,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT COUNT(*) FROM (
+             SELECT k.user_id, k.key FROM idempotency_keys k JOIN orders o ON o.id = k.order_id
+             WHERE {MINE} GROUP BY k.user_id, k.key HAVING COUNT(DISTINCT k.order_id) > 1) t"
+    )))
+    .bind(sku)
+    .bind(user_prefix)
+    .fetch_one(&mut *tx)
+    .await?;
+    let (orders_without_key,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT COUNT(*) FROM orders o WHERE {MINE} AND o.status IN ('reserved', 'paid')
+           AND NOT EXISTS (SELECT 1 FROM idempotency_keys k WHERE k.order_id = o.id)"
+    )))
+    .bind(sku)
+    .bind(user_prefix)
+    .fetch_one(&mut *tx)
+    .await?;
+    let (users, users_over_limit): (i64, i64) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT COUNT(*), COUNT(*) FILTER (WHERE held > $3) FROM (
+             SELECT o.user_id, COALESCE(SUM(o.qty) FILTER
+                        (WHERE o.status IN ('pending', 'reserved', 'paid')), 0) AS held
+             FROM orders o WHERE {MINE} GROUP BY o.user_id) t"
+    )))
+    .bind(sku)
+    .bind(user_prefix)
+    .bind(purchase_limit)
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(OrderAudit {
+        sku: sku.to_owned(),
+        user_prefix: user_prefix.map(str::to_owned),
+        holding_stock_qty: orders.reserved.qty + orders.paid.qty + cancelled_unreleased.qty,
+        orders,
+        cancelled_unreleased,
+        keys_with_several_orders,
+        orders_without_key,
+        users,
+        users_over_limit,
+        purchase_limit,
+    })
+}

@@ -785,3 +785,130 @@ async fn expired_keys_are_pruned_and_then_make_a_new_order() {
     );
     assert_ne!(second.body["order_id"], first.body["order_id"]);
 }
+
+#[tokio::test]
+async fn the_order_audit_counts_an_items_orders_for_admins_only() {
+    let (s, o) = shop(&[], &[("PURCHASE_LIMIT", "1")]).await;
+    let c = http();
+    let sku = unique("sku");
+    put_stock(&c, &s.url(""), &sku, 3, 1).await;
+    let run = unique("run");
+    let buyer = |n: u32| format!("{run}-b{n}");
+    let buy = |user: String, key: &'static str| {
+        let (c, url, sku) = (c.clone(), o.url(""), sku.clone());
+        async move { place(&c, &url, &user, Some(key), json!({"sku": sku, "qty": 1})).await }
+    };
+    let audit_as = |role: Option<&'static str>, query: &'static str| {
+        let (c, url) = (c.clone(), o.url(&format!("/orders/audit/{sku}{query}")));
+        async move {
+            let mut request = c.get(url).header("x-user-id", "admin");
+            if let Some(role) = role {
+                request = request.header("x-user-role", role);
+            }
+            common::answer(request.send().await.expect("audit")).await
+        }
+    };
+
+    // b1 pays, b2 cancels (its unit goes back), b3 and b4 hold reservations, b1 again is over
+    // the limit, b5 finds the item sold out; someone outside the run buys too.
+    let b1 = buy(buyer(1), "k1").await;
+    let paid = call(
+        &c,
+        Method::POST,
+        o.url(&format!("/orders/{}/pay", b1.body["order_id"].as_str().unwrap())),
+        &buyer(1),
+    )
+    .await;
+    assert_eq!(paid.status, StatusCode::OK, "{}", paid.raw);
+    let b2 = buy(buyer(2), "k1").await;
+    let cancelled = call(
+        &c,
+        Method::POST,
+        o.url(&format!("/orders/{}/cancel", b2.body["order_id"].as_str().unwrap())),
+        &buyer(2),
+    )
+    .await;
+    assert_eq!(cancelled.status, StatusCode::OK, "{}", cancelled.raw);
+    assert_eq!(buy(buyer(3), "k1").await.status, StatusCode::CREATED);
+    assert_eq!(buy(buyer(1), "k2").await.body["type"], "/problems/purchase-limit");
+    assert_eq!(buy(buyer(4), "k1").await.status, StatusCode::CREATED);
+    assert_eq!(buy(buyer(5), "k1").await.status, StatusCode::CONFLICT);
+    assert_eq!(buy(unique("other"), "k1").await.status, StatusCode::CONFLICT);
+
+    // Only admins (the gateway sets x-user-role from the verified token).
+    for role in [None, Some("user"), Some("Admin ")] {
+        let refused = audit_as(role, "").await;
+        assert_eq!(refused.status, StatusCode::FORBIDDEN, "{role:?}: {}", refused.raw);
+        assert_eq!(refused.content_type, "application/problem+json");
+        assert_eq!(refused.body["type"], "/problems/forbidden");
+    }
+    let all = audit_as(Some("admin"), "").await;
+    assert_eq!(all.status, StatusCode::OK, "{}", all.raw);
+    assert!(all.body["users"].as_i64().unwrap() >= 5, "{}", all.raw);
+
+    let query: &'static str = Box::leak(format!("?user_prefix={run}-").into_boxed_str());
+    let audit = audit_as(Some("admin"), query).await;
+    assert_eq!(audit.status, StatusCode::OK, "{}", audit.raw);
+    let a = &audit.body;
+    assert_eq!(a["sku"], json!(sku));
+    assert_eq!(a["user_prefix"], json!(format!("{run}-")));
+    assert_eq!(a["orders"]["paid"], json!({"count": 1, "qty": 1}), "{a}");
+    assert_eq!(a["orders"]["cancelled"], json!({"count": 1, "qty": 1}), "{a}");
+    assert_eq!(a["orders"]["reserved"], json!({"count": 2, "qty": 2}), "{a}");
+    assert_eq!(a["orders"]["pending"], json!({"count": 0, "qty": 0}), "{a}");
+    // b1's limit refusal at least; b5 may have been answered by the sold-out fast path.
+    assert!(a["orders"]["rejected"]["count"].as_i64().unwrap() >= 1, "{a}");
+    assert_eq!(a["cancelled_unreleased"], json!({"count": 0, "qty": 0}), "{a}");
+    assert_eq!(a["users"], 5, "{a}");
+    assert_eq!(
+        (
+            a["keys_with_several_orders"].clone(),
+            a["orders_without_key"].clone(),
+            a["users_over_limit"].clone(),
+            a["purchase_limit"].clone(),
+        ),
+        (json!(0), json!(0), json!(0), json!(1)),
+        "{a}"
+    );
+    let ledger = stock_audit(&c, &s.url(""), &sku).await;
+    assert_eq!(
+        a["holding_stock_qty"].as_i64().unwrap(),
+        ledger["deducted"].as_i64().unwrap() - ledger["released"].as_i64().unwrap(),
+        "{a} vs {ledger}"
+    );
+
+    // A second reservation slipped past the limit and the key table: the audit shows both.
+    sqlx::query(
+        "INSERT INTO orders (id, user_id, sku, qty, status) VALUES ($1, $2, $3, 1, 'reserved')",
+    )
+    .bind(uuid::Uuid::now_v7())
+    .bind(buyer(3))
+    .bind(&sku)
+    .execute(&o.engine.pool)
+    .await
+    .unwrap();
+    let audit = audit_as(Some("admin"), query).await;
+    assert_eq!(
+        (
+            audit.body["users_over_limit"].clone(),
+            audit.body["orders_without_key"].clone(),
+            audit.body["orders"]["reserved"]["count"].clone(),
+        ),
+        (json!(1), json!(1), json!(3)),
+        "{}",
+        audit.raw
+    );
+
+    // Bad input is a problem, not a 500.
+    let bad = audit_as(Some("admin"), "?user_prefix=a&user_prefix=b").await;
+    assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", bad.raw);
+    let bad_sku = common::answer(
+        c.get(o.url("/orders/audit/no%20spaces"))
+            .header("x-user-role", "admin")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(bad_sku.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", bad_sku.raw);
+}
