@@ -29,14 +29,8 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(loadtest::run(&options)) {
         Ok(report) => {
-            if options.json {
-                match serde_json::to_string_pretty(&report.summary) {
-                    Ok(json) => println!("{json}"),
-                    Err(e) => eprintln!("loadtest: cannot print the summary: {e}"),
-                }
-            } else {
-                println!("{}", report.markdown);
-            }
+            // Goose prints a line or two to stdout too; scripts read summary.json.
+            println!("{}", report.markdown);
             let failed: Vec<String> = report
                 .summary
                 .verdict

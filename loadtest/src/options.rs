@@ -139,10 +139,6 @@ pub struct Options {
     /// Print goose's own metrics tables to stdout as well.
     #[arg(long, env = "LOADTEST_GOOSE_METRICS")]
     pub goose_metrics: bool,
-
-    /// Print summary.json to stdout instead of the human summary (for scripts).
-    #[arg(long)]
-    pub json: bool,
 }
 
 impl Options {

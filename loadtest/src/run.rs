@@ -161,10 +161,7 @@ pub async fn run(options: &Options) -> Result<Report, RunError> {
     report_paths.insert("summary_json".into(), summary_json.display().to_string());
     report_paths.insert("summary_md".into(), summary_md.display().to_string());
 
-    let mut parameters = serde_json::to_value(options).unwrap_or_default();
-    if let Some(map) = parameters.as_object_mut() {
-        map.remove("json");
-    }
+    let parameters = serde_json::to_value(options).unwrap_or_default();
     let summary = Summary {
         schema: summary::SCHEMA,
         passed: verdict.passed,
@@ -240,7 +237,6 @@ async fn attack(
     config.no_reset_metrics = true;
     config.no_print_metrics = !options.goose_metrics;
     config.no_telnet = true;
-    config.no_websocket = true;
     config.quiet = 1;
     config.timeout = Some(format!("{}", options.request_timeout.as_secs_f64()));
     let wait = Duration::from_millis(options.think_ms);

@@ -1,0 +1,171 @@
+//! The `loadtest` binary against the whole shop in-process (two stock-services, two
+//! order-services, the gateway; real PostgreSQL and Redis): a safe strategy passes the
+//! verdict and sells exactly the stock; the naive strategy with a read-modify-write window
+//! oversells and the verdict fails; runs that cannot be made exit 2.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{ADMIN_PASSWORD, Shop, attack_turn, loadtest, unique};
+
+/// Options shared by the attacks: a short flash sale of `stock` units over `segments`.
+fn attack_args(shop: &Shop, sku: &str, stock: &str, segments: &str) -> Vec<String> {
+    [
+        "--target",
+        &shop.gateway,
+        "--admin-password",
+        ADMIN_PASSWORD,
+        "--scenario",
+        "flash-sale",
+        "--users",
+        "40",
+        "--hatch-rate",
+        "40",
+        "--run-time",
+        "5s",
+        "--sku",
+        sku,
+        "--stock",
+        stock,
+        "--segments",
+        segments,
+        "--retry-share",
+        "0.3",
+        "--pay-share",
+        "0.5",
+        "--cancel-share",
+        "0.1",
+        "--settle",
+        "10s",
+        "--scrape",
+        &format!("{}/metrics", shop.stock[0]),
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect()
+}
+
+fn check<'a>(summary: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    summary["verdict"]["checks"]
+        .as_array()
+        .and_then(|checks| checks.iter().find(|c| c["name"] == name))
+        .unwrap_or_else(|| panic!("no check {name} in {summary}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn segmented_sells_exactly_the_stock_and_the_verdict_passes() {
+    let _turn = attack_turn().await;
+    let shop = Shop::start(&[("STOCK_STRATEGY", "segmented")]).await;
+    let sku = unique("lt-seg");
+    let args = attack_args(&shop, &sku, "30", "4");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let run = loadtest(&args, Duration::from_secs(60)).await;
+    assert_eq!(run.code, Some(0), "{}", run.dump());
+    let s = run.summary.as_ref().expect("summary.json");
+
+    assert_eq!(s["schema"], 1);
+    assert_eq!(s["passed"], true);
+    assert_eq!((s["oversold"].clone(), s["duplicates"].clone()), (0.into(), 0.into()));
+    for c in s["verdict"]["checks"].as_array().expect("checks") {
+        assert_eq!(c["passed"], true, "{c}");
+    }
+    // Sold out: every unit is held by a reserved or paid order, exactly the stock.
+    let orders = &s["order_audit"]["orders"];
+    let held = orders["reserved"]["qty"].as_i64().unwrap() + orders["paid"]["qty"].as_i64().unwrap();
+    assert_eq!(held, 30, "{}", s["order_audit"]);
+    assert_eq!(s["stock_audit"]["available"], 0, "{}", s["stock_audit"]);
+    assert_eq!(s["stock_audit"]["ok"], true);
+    assert_eq!(check(s, "no_oversell")["numbers"]["sold_by_ledger"], 30);
+    assert!(s["timing"]["time_to_sell_out_secs"].as_f64().is_some(), "{}", s["timing"]);
+    // Resends happened and replayed the same order.
+    assert!(s["client"]["resends"].as_u64().unwrap() > 0, "{}", s["client"]);
+    assert!(s["latency"]["replayed"]["count"].as_u64().unwrap() > 0, "{}", s["latency"]);
+    assert!(s["latency"]["created"]["p99_ms"].as_f64().unwrap() > 0.0);
+    assert!(s["latency"]["sold_out"]["count"].as_u64().unwrap() > 0);
+    assert!(s["throughput"]["orders_per_sec"].as_f64().unwrap() > 0.0);
+    // The lock waits were scraped from the stock-services' /metrics.
+    let m = &s["service_metrics"];
+    assert!(m["lock_waits"].as_u64().unwrap() > 0, "{m}");
+    assert!(s["lock_wait_p99_ms"].as_f64().is_some(), "{m}");
+    // The run's parameters are recorded, the password is not.
+    assert_eq!(s["parameters"]["stock"], 30);
+    assert_eq!(s["parameters"]["segments"], 4);
+    assert!(s["parameters"].get("admin_password").is_none());
+    assert!(!run.stdout.contains(ADMIN_PASSWORD));
+    // Every report is there.
+    for file in ["report.html", "report.json", "report.md", "summary.md", "summary.json"] {
+        let len = std::fs::metadata(run.dir.join(file))
+            .unwrap_or_else(|e| panic!("{file}: {e}\n{}", run.dump()))
+            .len();
+        assert!(len > 0, "{file} is empty");
+    }
+    assert!(run.stdout.contains("# Load test: PASSED"), "{}", run.dump());
+    run.clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn naive_with_a_read_write_window_oversells_and_the_verdict_fails() {
+    let _turn = attack_turn().await;
+    let shop = Shop::start(&[("STOCK_STRATEGY", "naive"), ("RMW_DELAY_MS", "20")]).await;
+    let sku = unique("lt-naive");
+    let args = attack_args(&shop, &sku, "20", "1");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let run = loadtest(&args, Duration::from_secs(60)).await;
+    assert_eq!(run.code, Some(1), "{}", run.dump());
+    let s = run.summary.as_ref().expect("summary.json");
+    assert_eq!(s["passed"], false);
+    let oversold = s["oversold"].as_i64().unwrap();
+    assert!(oversold > 0, "{}", s["verdict"]);
+    assert_eq!(check(s, "no_oversell")["passed"], false);
+    assert_eq!(check(s, "stock_ledger_balances")["passed"], false);
+    assert_eq!(s["stock_audit"]["ok"], false);
+    // More units are held by orders than there were.
+    let orders = &s["order_audit"]["orders"];
+    let held = orders["reserved"]["qty"].as_i64().unwrap() + orders["paid"]["qty"].as_i64().unwrap();
+    assert!(held > 20, "{}", s["order_audit"]);
+    assert!(run.stdout.contains("# Load test: FAILED"), "{}", run.dump());
+    assert!(run.stderr.contains("verdict FAILED"), "{}", run.dump());
+    assert!(run.stdout.contains("OVERSOLD by"), "{}", run.dump());
+    run.clean();
+}
+
+#[tokio::test]
+async fn a_run_that_cannot_be_made_exits_2() {
+    // Nothing listens there.
+    let port = testkit::free_port().unwrap();
+    let target = format!("http://127.0.0.1:{port}");
+    let run = loadtest(
+        &["--target", &target, "--admin-password", "x", "--run-time", "1s"],
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(run.code, Some(2), "{}", run.dump());
+    assert!(run.stderr.contains("the target is not reachable"), "{}", run.dump());
+    assert!(run.summary.is_none());
+
+    // Bad options and a missing admin password are usage errors.
+    let run = loadtest(
+        &["--target", &target, "--admin-password", "x", "--pay-share", "1.5"],
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(run.code, Some(2), "{}", run.dump());
+    let run = loadtest(&["--target", &target], Duration::from_secs(30)).await;
+    assert_eq!(run.code, Some(2), "{}", run.dump());
+    assert!(run.stderr.contains("--admin-password"), "{}", run.dump());
+    run.clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_admin_password_exits_2_before_any_load() {
+    let shop = Shop::start(&[]).await;
+    let run = loadtest(
+        &["--target", &shop.gateway, "--admin-password", "wrong", "--run-time", "1s"],
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(run.code, Some(2), "{}", run.dump());
+    assert!(run.stderr.contains("admin login"), "{}", run.dump());
+    run.clean();
+}
