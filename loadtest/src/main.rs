@@ -12,8 +12,7 @@ fn main() -> ExitCode {
     let options = Options::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| EnvFilter::new("info,goose=warn")),
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,goose=warn")),
         )
         .with_writer(std::io::stderr)
         .init();

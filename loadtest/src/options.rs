@@ -51,7 +51,12 @@ pub struct Options {
     pub admin_password: String,
 
     /// Which users to start.
-    #[arg(long, env = "LOADTEST_SCENARIO", value_enum, default_value = "flash-sale")]
+    #[arg(
+        long,
+        env = "LOADTEST_SCENARIO",
+        value_enum,
+        default_value = "flash-sale"
+    )]
     pub scenario: ScenarioKind,
 
     /// Concurrent goose users (buyers and browsers, each a distinct login).
@@ -59,7 +64,12 @@ pub struct Options {
     pub users: usize,
 
     /// Users started per second (the hatch rate).
-    #[arg(short = 'r', long, env = "LOADTEST_HATCH_RATE", default_value_t = 100.0)]
+    #[arg(
+        short = 'r',
+        long,
+        env = "LOADTEST_HATCH_RATE",
+        default_value_t = 100.0
+    )]
     pub hatch_rate: f64,
 
     /// How long the attack runs once every user started, e.g. 30s, 2m, 1m30s.
@@ -179,8 +189,7 @@ impl Options {
                 .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
         if !prefix_ok {
             return Err(
-                "--user-prefix must be 1-24 characters of letters, digits, '.', '_' or '-'"
-                    .into(),
+                "--user-prefix must be 1-24 characters of letters, digits, '.', '_' or '-'".into(),
             );
         }
         if self.run_time.is_zero() {
@@ -239,7 +248,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         total += Duration::from_secs_f64(secs);
     }
     if !number.is_empty() {
-        return Err(format!("bad duration {text:?}: trailing number without a unit"));
+        return Err(format!(
+            "bad duration {text:?}: trailing number without a unit"
+        ));
     }
     Ok(total)
 }

@@ -324,7 +324,10 @@ impl Recorder {
                 replays_unmarked: i.replays_unmarked,
                 max_orders_held_by_one_user: holdings.iter().copied().max().unwrap_or(0),
                 users_holding_several: holdings.iter().filter(|h| **h > 1).count() as u64,
-                errors: i.latencies.get(&Outcome::Error).map_or(0, |v| v.len() as u64),
+                errors: i
+                    .latencies
+                    .get(&Outcome::Error)
+                    .map_or(0, |v| v.len() as u64),
             }
         })
     }
@@ -388,7 +391,7 @@ mod tests {
         r.outcome(Outcome::Created, Duration::from_millis(3));
         r.outcome(Outcome::SoldOut, Duration::from_millis(1));
         let t = r.time_to_sell_out().unwrap();
-        assert!(t >= 0.02 && t < 5.0, "{t}");
+        assert!((0.02..5.0).contains(&t), "{t}");
         assert!(r.selling_window().unwrap() <= t + 0.001);
         assert_eq!(r.latencies()[&Outcome::Created].count, 1);
         assert_eq!(r.facts().order_requests, 1);

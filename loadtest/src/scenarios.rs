@@ -65,7 +65,9 @@ pub fn flash_sale(ctx: &Arc<Context>) -> Scenario {
 pub fn browse(ctx: &Arc<Context>) -> Scenario {
     scenario!("browse")
         .register_transaction(login_transaction(ctx, 'v'))
-        .register_transaction(transaction(ctx, "browse", |c, u| Box::pin(read_stock(c, u))))
+        .register_transaction(transaction(ctx, "browse", |c, u| {
+            Box::pin(read_stock(c, u))
+        }))
 }
 
 type Step = for<'r> fn(
@@ -106,12 +108,16 @@ async fn login(ctx: Arc<Context>, user: &mut GooseUser, role: char) -> Transacti
                 ctx.recorder.outcome(Outcome::LoggedIn, latency);
                 let token = answer.body["access_token"].as_str().map(str::to_owned);
                 if token.is_none() {
-                    return fail(&ctx, user, &mut request, latency, "login", "no access_token");
+                    return fail(
+                        &ctx,
+                        user,
+                        &mut request,
+                        latency,
+                        "login",
+                        "no access_token",
+                    );
                 }
-                user.set_session_data(Session {
-                    user: name,
-                    token,
-                });
+                user.set_session_data(Session { user: name, token });
                 return Ok(());
             }
             Some(StatusCode::TOO_MANY_REQUESTS) if Instant::now() < deadline => {
@@ -121,22 +127,43 @@ async fn login(ctx: Arc<Context>, user: &mut GooseUser, role: char) -> Transacti
                 tokio::time::sleep(answer.wait + Duration::from_millis(jitter)).await;
             }
             _ => {
-                return fail(&ctx, user, &mut request, latency, "login", &answer.describe());
+                return fail(
+                    &ctx,
+                    user,
+                    &mut request,
+                    latency,
+                    "login",
+                    &answer.describe(),
+                );
             }
         }
     }
 }
 
-fn session(user: &GooseUser) -> Option<(String, String)> {
-    let s = user.get_session_data::<Session>()?;
-    Some((s.user.clone(), s.token.clone()?))
+/// The user's id and token, logging in (again) first if the `on_start` login failed; a
+/// failed login pauses the user a little so a dead gateway is not hammered in a hot loop.
+async fn ensure_session(
+    ctx: &Arc<Context>,
+    user: &mut GooseUser,
+    role: char,
+) -> Result<(String, String), Box<TransactionError>> {
+    let current = |user: &GooseUser| {
+        let s = user.get_session_data::<Session>()?;
+        Some((s.user.clone(), s.token.clone()?))
+    };
+    if let Some(found) = current(user) {
+        return Ok(found);
+    }
+    if let Err(e) = login(Arc::clone(ctx), user, role).await {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        return Err(e);
+    }
+    current(user).ok_or_else(|| Box::new(TransactionError::Custom("not logged in".into())))
 }
 
 /// One buyer iteration: a new key, an order, maybe a resend, maybe pay or cancel.
 async fn buy(ctx: Arc<Context>, user: &mut GooseUser) -> TransactionResult {
-    let Some((name, token)) = session(user) else {
-        return Err(Box::new(TransactionError::Custom("not logged in".into())));
-    };
+    let (name, token) = ensure_session(&ctx, user, 'b').await?;
     let key = uuid::Uuid::new_v4().simple().to_string();
     let body = json!({ "sku": ctx.sku, "qty": 1 });
     let Some(order_id) = place(&ctx, user, &name, &token, &key, &body, false).await? else {
@@ -183,7 +210,14 @@ async fn place(
     match answer.status {
         Some(StatusCode::CREATED) => {
             let Some(order_id) = answer.body["order_id"].as_str().map(str::to_owned) else {
-                fail(ctx, user, &mut request, latency, "order", "201 without order_id")?;
+                fail(
+                    ctx,
+                    user,
+                    &mut request,
+                    latency,
+                    "order",
+                    "201 without order_id",
+                )?;
                 return Ok(None);
             };
             if !ctx.recorder.order_seen(name, key, &order_id) {
@@ -261,7 +295,10 @@ async fn transition(
     action: &str,
 ) -> TransactionResult {
     let builder = user
-        .get_request_builder(&GooseMethod::Post, &format!("/api/orders/{order_id}/{action}"))?
+        .get_request_builder(
+            &GooseMethod::Post,
+            &format!("/api/orders/{order_id}/{action}"),
+        )?
         .bearer_auth(token);
     let name = if action == "pay" { PAY } else { CANCEL };
     let (mut request, latency, answer) = send(user, builder, name).await?;
@@ -287,9 +324,7 @@ async fn transition(
 
 /// One reader iteration: the item's stock.
 async fn read_stock(ctx: Arc<Context>, user: &mut GooseUser) -> TransactionResult {
-    let Some((_, token)) = session(user) else {
-        return Err(Box::new(TransactionError::Custom("not logged in".into())));
-    };
+    let (_, token) = ensure_session(&ctx, user, 'v').await?;
     let builder = user
         .get_request_builder(&GooseMethod::Get, &format!("/api/stock/{}", ctx.sku))?
         .bearer_auth(token);
@@ -303,7 +338,14 @@ async fn read_stock(ctx: Arc<Context>, user: &mut GooseUser) -> TransactionResul
             ctx.recorder.outcome(Outcome::RateLimited, latency);
             user.set_success(&mut request)
         }
-        _ => fail(&ctx, user, &mut request, latency, "browse", &answer.describe()),
+        _ => fail(
+            &ctx,
+            user,
+            &mut request,
+            latency,
+            "browse",
+            &answer.describe(),
+        ),
     }
 }
 

@@ -118,10 +118,22 @@ pub fn buckets(
 }
 
 /// A bucket bound that sorts (`+Inf` last).
-#[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
+#[derive(Debug, Clone, Copy)]
 pub struct Le(pub f64);
 
+impl PartialEq for Le {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other).is_eq()
+    }
+}
+
 impl Eq for Le {}
+
+impl PartialOrd for Le {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
 
 impl Ord for Le {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
@@ -253,12 +265,7 @@ pub struct ServiceMetrics {
 pub fn summarize(before: &Scrape, after: &Scrape, sku: &str) -> ServiceMetrics {
     let mut out = ServiceMetrics {
         scraped: after.by_url.keys().cloned().collect(),
-        errors: before
-            .errors
-            .iter()
-            .chain(&after.errors)
-            .cloned()
-            .collect(),
+        errors: before.errors.iter().chain(&after.errors).cloned().collect(),
         ..ServiceMetrics::default()
     };
     let empty = Vec::new();
@@ -274,7 +281,8 @@ pub fn summarize(before: &Scrape, after: &Scrape, sku: &str) -> ServiceMetrics {
             *total.entry(*le).or_insert(0.0) += c;
         }
         if let Some(p) = quantile(0.99, &d) {
-            out.lock_wait_p99_ms_by_instance.insert(url.clone(), p * 1000.0);
+            out.lock_wait_p99_ms_by_instance
+                .insert(url.clone(), p * 1000.0);
         }
         let segments: std::collections::BTreeSet<String> = after_samples
             .iter()
@@ -407,6 +415,9 @@ stock_lock_wait_duration_seconds_bucket{segment="1",le="+Inf"} 2
         assert_eq!(m.errors, vec!["b: refused".to_owned()]);
         assert_eq!(m.oversold_gauge, None);
         assert_eq!(quantile(0.99, &BTreeMap::new()), None);
-        assert_eq!(summarize(&Scrape::default(), &Scrape::default(), "x").lock_wait_p99_ms, None);
+        assert_eq!(
+            summarize(&Scrape::default(), &Scrape::default(), "x").lock_wait_p99_ms,
+            None
+        );
     }
 }

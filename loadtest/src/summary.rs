@@ -153,7 +153,10 @@ pub fn markdown(s: &Summary) -> String {
         ms(s.lock_wait_p99_ms)
     );
 
-    let _ = writeln!(out, "## Verdict\n\n| check | result | detail |\n|---|---|---|");
+    let _ = writeln!(
+        out,
+        "## Verdict\n\n| check | result | detail |\n|---|---|---|"
+    );
     for c in &s.verdict.checks {
         let _ = writeln!(
             out,
@@ -366,8 +369,14 @@ mod tests {
         assert!(md.contains("time to sell out: 1.50 s"), "{md}");
         assert!(md.contains("lock wait p99: 3.2 ms") || md.contains("lock wait p99: 3.3 ms"));
         assert!(md.contains("| `no_oversell` | pass |"), "{md}");
-        assert!(md.contains("| created | 10 | 4.0 ms | 9.5 ms | 10.0 ms |"), "{md}");
-        assert!(md.contains("Scenario `flash-sale` against http://x: 5 users"), "{md}");
+        assert!(
+            md.contains("| created | 10 | 4.0 ms | 9.5 ms | 10.0 ms |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("Scenario `flash-sale` against http://x: 5 users"),
+            "{md}"
+        );
         assert!(md.contains("- `order: HTTP 503 'x'`"), "{md}");
         assert!(md.contains("no `--scrape` URLs"), "{md}");
 

@@ -146,8 +146,7 @@ pub fn judge(facts: &Facts) -> Verdict {
 
     // 3. The order books and the stock ledger tell the same story.
     let settled = o.orders.pending.count == 0;
-    let server_orders =
-        o.orders.reserved.count + o.orders.paid.count + o.orders.cancelled.count;
+    let server_orders = o.orders.reserved.count + o.orders.paid.count + o.orders.cancelled.count;
     let books_match = settled && o.holding_stock_qty == sold_by_ledger;
     let clients_within = i(c.orders_seen) <= server_orders;
     checks.push(check(
@@ -356,7 +355,11 @@ mod tests {
         assert_eq!(v.oversold, 10);
         assert_eq!(failed(&v), ["stock_ledger_balances", "no_oversell"]);
         let no_oversell = &v.checks[1];
-        assert!(no_oversell.detail.contains("OVERSOLD by 10"), "{}", no_oversell.detail);
+        assert!(
+            no_oversell.detail.contains("OVERSOLD by 10"),
+            "{}",
+            no_oversell.detail
+        );
         assert_eq!(no_oversell.numbers["held_by_orders"], 60);
     }
 

@@ -66,21 +66,37 @@ async fn segmented_sells_exactly_the_stock_and_the_verdict_passes() {
 
     assert_eq!(s["schema"], 1);
     assert_eq!(s["passed"], true);
-    assert_eq!((s["oversold"].clone(), s["duplicates"].clone()), (0.into(), 0.into()));
+    assert_eq!(
+        (s["oversold"].clone(), s["duplicates"].clone()),
+        (0.into(), 0.into())
+    );
     for c in s["verdict"]["checks"].as_array().expect("checks") {
         assert_eq!(c["passed"], true, "{c}");
     }
     // Sold out: every unit is held by a reserved or paid order, exactly the stock.
     let orders = &s["order_audit"]["orders"];
-    let held = orders["reserved"]["qty"].as_i64().unwrap() + orders["paid"]["qty"].as_i64().unwrap();
+    let held =
+        orders["reserved"]["qty"].as_i64().unwrap() + orders["paid"]["qty"].as_i64().unwrap();
     assert_eq!(held, 30, "{}", s["order_audit"]);
     assert_eq!(s["stock_audit"]["available"], 0, "{}", s["stock_audit"]);
     assert_eq!(s["stock_audit"]["ok"], true);
     assert_eq!(check(s, "no_oversell")["numbers"]["sold_by_ledger"], 30);
-    assert!(s["timing"]["time_to_sell_out_secs"].as_f64().is_some(), "{}", s["timing"]);
+    assert!(
+        s["timing"]["time_to_sell_out_secs"].as_f64().is_some(),
+        "{}",
+        s["timing"]
+    );
     // Resends happened and replayed the same order.
-    assert!(s["client"]["resends"].as_u64().unwrap() > 0, "{}", s["client"]);
-    assert!(s["latency"]["replayed"]["count"].as_u64().unwrap() > 0, "{}", s["latency"]);
+    assert!(
+        s["client"]["resends"].as_u64().unwrap() > 0,
+        "{}",
+        s["client"]
+    );
+    assert!(
+        s["latency"]["replayed"]["count"].as_u64().unwrap() > 0,
+        "{}",
+        s["latency"]
+    );
     assert!(s["latency"]["created"]["p99_ms"].as_f64().unwrap() > 0.0);
     assert!(s["latency"]["sold_out"]["count"].as_u64().unwrap() > 0);
     assert!(s["throughput"]["orders_per_sec"].as_f64().unwrap() > 0.0);
@@ -94,13 +110,21 @@ async fn segmented_sells_exactly_the_stock_and_the_verdict_passes() {
     assert!(s["parameters"].get("admin_password").is_none());
     assert!(!run.stdout.contains(ADMIN_PASSWORD));
     // Every report is there.
-    for file in ["report.html", "report.json", "report.md", "summary.md", "summary.json"] {
+    for file in [
+        "report.html",
+        "report.json",
+        "report.md",
+        "summary.md",
+        "summary.json",
+    ] {
         let len = std::fs::metadata(run.dir.join(file))
             .unwrap_or_else(|e| panic!("{file}: {e}\n{}", run.dump()))
             .len();
         assert!(len > 0, "{file} is empty");
     }
     assert!(run.stdout.contains("# Load test: PASSED"), "{}", run.dump());
+    // Shown with --nocapture.
+    eprintln!("{}", run.dump());
     run.clean();
 }
 
@@ -122,11 +146,13 @@ async fn naive_with_a_read_write_window_oversells_and_the_verdict_fails() {
     assert_eq!(s["stock_audit"]["ok"], false);
     // More units are held by orders than there were.
     let orders = &s["order_audit"]["orders"];
-    let held = orders["reserved"]["qty"].as_i64().unwrap() + orders["paid"]["qty"].as_i64().unwrap();
+    let held =
+        orders["reserved"]["qty"].as_i64().unwrap() + orders["paid"]["qty"].as_i64().unwrap();
     assert!(held > 20, "{}", s["order_audit"]);
     assert!(run.stdout.contains("# Load test: FAILED"), "{}", run.dump());
     assert!(run.stderr.contains("verdict FAILED"), "{}", run.dump());
     assert!(run.stdout.contains("OVERSOLD by"), "{}", run.dump());
+    eprintln!("{}", run.dump());
     run.clean();
 }
 
@@ -136,17 +162,35 @@ async fn a_run_that_cannot_be_made_exits_2() {
     let port = testkit::free_port().unwrap();
     let target = format!("http://127.0.0.1:{port}");
     let run = loadtest(
-        &["--target", &target, "--admin-password", "x", "--run-time", "1s"],
+        &[
+            "--target",
+            &target,
+            "--admin-password",
+            "x",
+            "--run-time",
+            "1s",
+        ],
         Duration::from_secs(30),
     )
     .await;
     assert_eq!(run.code, Some(2), "{}", run.dump());
-    assert!(run.stderr.contains("the target is not reachable"), "{}", run.dump());
+    assert!(
+        run.stderr.contains("the target is not reachable"),
+        "{}",
+        run.dump()
+    );
     assert!(run.summary.is_none());
 
     // Bad options and a missing admin password are usage errors.
     let run = loadtest(
-        &["--target", &target, "--admin-password", "x", "--pay-share", "1.5"],
+        &[
+            "--target",
+            &target,
+            "--admin-password",
+            "x",
+            "--pay-share",
+            "1.5",
+        ],
         Duration::from_secs(30),
     )
     .await;
@@ -158,14 +202,57 @@ async fn a_run_that_cannot_be_made_exits_2() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_wrong_admin_password_exits_2_before_any_load() {
+async fn the_order_audit_needs_a_real_admin_and_a_wrong_password_exits_2() {
     let shop = Shop::start(&[]).await;
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let login = |body: serde_json::Value| {
+        let (http, url) = (http.clone(), format!("{}/api/login", shop.gateway));
+        async move {
+            let answer: serde_json::Value = http
+                .post(url)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            answer["access_token"].as_str().unwrap().to_owned()
+        }
+    };
+    let user = login(serde_json::json!({"user": unique("buyer")})).await;
+    let admin = login(serde_json::json!({"user": "admin", "password": ADMIN_PASSWORD})).await;
+    let audit = format!("{}/api/orders/audit/{}", shop.gateway, unique("sku"));
+    // A buyer forging the role header: the gateway strips it, the order-service refuses.
+    let forged = http
+        .get(&audit)
+        .bearer_auth(&user)
+        .header("x-user-role", "admin")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 403);
+    assert_eq!(forged.headers()["content-type"], "application/problem+json");
+    // The admin's token passes the orders route (auth = "user") and carries the role.
+    let answer = http.get(&audit).bearer_auth(&admin).send().await.unwrap();
+    assert_eq!(answer.status(), 200);
+    let body: serde_json::Value = answer.json().await.unwrap();
+    assert_eq!(body["orders"]["reserved"]["count"], 0, "{body}");
+
     let run = loadtest(
-        &["--target", &shop.gateway, "--admin-password", "wrong", "--run-time", "1s"],
+        &[
+            "--target",
+            &shop.gateway,
+            "--admin-password",
+            "wrong",
+            "--run-time",
+            "1s",
+        ],
         Duration::from_secs(30),
     )
     .await;
     assert_eq!(run.code, Some(2), "{}", run.dump());
     assert!(run.stderr.contains("admin login"), "{}", run.dump());
+    assert!(run.summary.is_none());
     run.clean();
 }

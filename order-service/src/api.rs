@@ -70,7 +70,9 @@ impl<S: Send + Sync> FromRequestParts<S> for Admin {
             Ok(Admin)
         } else {
             Err(Problem::new(StatusCode::FORBIDDEN)
-                .with_detail("the order audit is for admins (x-user-role: admin, set by the gateway)")
+                .with_detail(
+                    "the order audit is for admins (x-user-role: admin, set by the gateway)",
+                )
                 .with_type("/problems/forbidden"))
         }
     }

@@ -487,7 +487,9 @@ pub async fn prune_keys(pool: &PgPool) -> sqlx::Result<u64> {
 }
 
 /// Orders and units in one status.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 pub struct Tally {
     /// Orders.
     pub count: i64,

@@ -815,7 +815,10 @@ async fn the_order_audit_counts_an_items_orders_for_admins_only() {
     let paid = call(
         &c,
         Method::POST,
-        o.url(&format!("/orders/{}/pay", b1.body["order_id"].as_str().unwrap())),
+        o.url(&format!(
+            "/orders/{}/pay",
+            b1.body["order_id"].as_str().unwrap()
+        )),
         &buyer(1),
     )
     .await;
@@ -824,21 +827,35 @@ async fn the_order_audit_counts_an_items_orders_for_admins_only() {
     let cancelled = call(
         &c,
         Method::POST,
-        o.url(&format!("/orders/{}/cancel", b2.body["order_id"].as_str().unwrap())),
+        o.url(&format!(
+            "/orders/{}/cancel",
+            b2.body["order_id"].as_str().unwrap()
+        )),
         &buyer(2),
     )
     .await;
     assert_eq!(cancelled.status, StatusCode::OK, "{}", cancelled.raw);
     assert_eq!(buy(buyer(3), "k1").await.status, StatusCode::CREATED);
-    assert_eq!(buy(buyer(1), "k2").await.body["type"], "/problems/purchase-limit");
+    assert_eq!(
+        buy(buyer(1), "k2").await.body["type"],
+        "/problems/purchase-limit"
+    );
     assert_eq!(buy(buyer(4), "k1").await.status, StatusCode::CREATED);
     assert_eq!(buy(buyer(5), "k1").await.status, StatusCode::CONFLICT);
-    assert_eq!(buy(unique("other"), "k1").await.status, StatusCode::CONFLICT);
+    assert_eq!(
+        buy(unique("other"), "k1").await.status,
+        StatusCode::CONFLICT
+    );
 
     // Only admins (the gateway sets x-user-role from the verified token).
     for role in [None, Some("user"), Some("Admin ")] {
         let refused = audit_as(role, "").await;
-        assert_eq!(refused.status, StatusCode::FORBIDDEN, "{role:?}: {}", refused.raw);
+        assert_eq!(
+            refused.status,
+            StatusCode::FORBIDDEN,
+            "{role:?}: {}",
+            refused.raw
+        );
         assert_eq!(refused.content_type, "application/problem+json");
         assert_eq!(refused.body["type"], "/problems/forbidden");
     }
@@ -853,12 +870,27 @@ async fn the_order_audit_counts_an_items_orders_for_admins_only() {
     assert_eq!(a["sku"], json!(sku));
     assert_eq!(a["user_prefix"], json!(format!("{run}-")));
     assert_eq!(a["orders"]["paid"], json!({"count": 1, "qty": 1}), "{a}");
-    assert_eq!(a["orders"]["cancelled"], json!({"count": 1, "qty": 1}), "{a}");
-    assert_eq!(a["orders"]["reserved"], json!({"count": 2, "qty": 2}), "{a}");
+    assert_eq!(
+        a["orders"]["cancelled"],
+        json!({"count": 1, "qty": 1}),
+        "{a}"
+    );
+    assert_eq!(
+        a["orders"]["reserved"],
+        json!({"count": 2, "qty": 2}),
+        "{a}"
+    );
     assert_eq!(a["orders"]["pending"], json!({"count": 0, "qty": 0}), "{a}");
     // b1's limit refusal at least; b5 may have been answered by the sold-out fast path.
-    assert!(a["orders"]["rejected"]["count"].as_i64().unwrap() >= 1, "{a}");
-    assert_eq!(a["cancelled_unreleased"], json!({"count": 0, "qty": 0}), "{a}");
+    assert!(
+        a["orders"]["rejected"]["count"].as_i64().unwrap() >= 1,
+        "{a}"
+    );
+    assert_eq!(
+        a["cancelled_unreleased"],
+        json!({"count": 0, "qty": 0}),
+        "{a}"
+    );
     assert_eq!(a["users"], 5, "{a}");
     assert_eq!(
         (
@@ -910,5 +942,10 @@ async fn the_order_audit_counts_an_items_orders_for_admins_only() {
             .unwrap(),
     )
     .await;
-    assert_eq!(bad_sku.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", bad_sku.raw);
+    assert_eq!(
+        bad_sku.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        bad_sku.raw
+    );
 }

@@ -89,7 +89,9 @@ impl Shop {
         let metrics = metrics();
         let redis = testkit::redis_url();
         let prefix = unique("lt");
-        let stock_db = testkit::database("seckill_lt_stock").await.expect("stock db");
+        let stock_db = testkit::database("seckill_lt_stock")
+            .await
+            .expect("stock db");
         let order_db = testkit::database("seckill_lt_orders")
             .await
             .expect("orders db");
