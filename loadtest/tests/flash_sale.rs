@@ -156,6 +156,62 @@ async fn naive_with_a_read_write_window_oversells_and_the_verdict_fails() {
     run.clean();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mix_of_buyers_and_browsers_on_redis_atomic_passes() {
+    let _turn = attack_turn().await;
+    let shop = Shop::start(&[("STOCK_STRATEGY", "redis-atomic")]).await;
+    let sku = unique("lt-mix");
+    let run = loadtest(
+        &[
+            "--target",
+            &shop.gateway,
+            "--admin-password",
+            ADMIN_PASSWORD,
+            "--scenario",
+            "mix",
+            "--buy-weight",
+            "3",
+            "--browse-weight",
+            "1",
+            "--users",
+            "20",
+            "--hatch-rate",
+            "20",
+            "--run-time",
+            "2s",
+            "--think-ms",
+            "20",
+            "--sku",
+            &sku,
+            "--stock",
+            "10",
+            "--segments",
+            "2",
+            "--max-error-rate",
+            "0",
+        ],
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(run.code, Some(0), "{}", run.dump());
+    let s = run.summary.as_ref().expect("summary.json");
+    assert_eq!(s["parameters"]["scenario"], "mix");
+    assert!(
+        s["latency"]["browsed"]["count"].as_u64().unwrap() > 0,
+        "{}",
+        s["latency"]
+    );
+    assert!(
+        s["latency"]["created"]["count"].as_u64().unwrap() > 0,
+        "{}",
+        s["latency"]
+    );
+    assert_eq!(check(s, "error_rate")["passed"], true);
+    // No --scrape: nothing measured, nothing failed.
+    assert!(s["lock_wait_p99_ms"].is_null());
+    run.clean();
+}
+
 #[tokio::test]
 async fn a_run_that_cannot_be_made_exits_2() {
     // Nothing listens there.
