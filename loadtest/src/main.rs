@@ -1,6 +1,7 @@
 //! `loadtest`: attack the shop through its gateway with goose, audit, and exit 0 (verdict
 //! passed), 1 (verdict failed) or 2 (could not run). `loadtest --help` lists the options.
 
+use std::io::IsTerminal as _;
 use std::process::ExitCode;
 
 use clap::Parser as _;
@@ -15,6 +16,7 @@ fn main() -> ExitCode {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,goose=warn")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -39,7 +39,17 @@ impl ScenarioKind {
 /// the books, write reports, and exit 0 (verdict passed), 1 (verdict failed: oversold,
 /// duplicates, limit broken, books off) or 2 (could not run).
 #[derive(Debug, Clone, Parser, Serialize)]
-#[command(name = "loadtest", version, about, long_about = None)]
+#[command(
+    name = "loadtest",
+    version,
+    about,
+    long_about = None,
+    after_help = "Exit codes: 0 the verdict passed; 1 the verdict failed (oversold, duplicate \
+                  orders, purchase limit broken, books disagree); 2 could not run (bad options, \
+                  target unreachable, admin login refused, audits missing).\n\
+                  Reports in --report-dir: report.html, report.json, report.md (goose), \
+                  summary.md, summary.json (schema 1)."
+)]
 pub struct Options {
     /// The gateway's base URL.
     #[arg(long, env = "LOADTEST_TARGET", default_value = "http://127.0.0.1:8080")]

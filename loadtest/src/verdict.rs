@@ -69,6 +69,21 @@ fn check(name: &str, passed: bool, detail: String, numbers: Value) -> Check {
     }
 }
 
+/// The first few problems of the stock audit (one per segment can be many).
+fn first_problems(problems: &[String]) -> String {
+    const SHOWN: usize = 3;
+    let mut text = problems
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join("; ");
+    if problems.len() > SHOWN {
+        text.push_str(&format!("; {} more", problems.len() - SHOWN));
+    }
+    text
+}
+
 fn i(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
@@ -98,7 +113,7 @@ pub fn judge(facts: &Facts) -> Verdict {
             format!(
                 "the stock audit fails: oversold {} ({})",
                 s.oversold,
-                s.problems.join("; ")
+                first_problems(&s.problems)
             )
         },
         json!({
@@ -361,6 +376,15 @@ mod tests {
             no_oversell.detail
         );
         assert_eq!(no_oversell.numbers["held_by_orders"], 60);
+
+        f.stock_audit.problems = (0..5).map(|n| format!("segment {n} off")).collect();
+        let v = judge(&f);
+        assert!(
+            v.checks[0].detail.ends_with("segment 2 off; 2 more)"),
+            "{}",
+            v.checks[0].detail
+        );
+        assert_eq!(v.checks[0].numbers["problems"].as_array().unwrap().len(), 5);
     }
 
     #[test]
