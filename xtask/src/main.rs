@@ -7,7 +7,9 @@
 mod bench;
 mod outcome;
 mod services;
+mod shop;
 mod test;
+mod up;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -38,6 +40,9 @@ enum Cmd {
     /// Run a benchmark (`lock`, `strategies` or `all`) against the same Redis and
     /// PostgreSQL `test` would use.
     Bench(bench::BenchArgs),
+    /// Run the shop as native processes (2 stock-services, 2 order-services, the
+    /// gateway) on local or throwaway Redis and PostgreSQL until Ctrl-C.
+    Up(up::UpArgs),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +50,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Cmd::Test(args) => test::run(&args),
         Cmd::Bench(args) => bench::run(&args),
+        Cmd::Up(args) => up::run(&args),
     };
     match result {
         Ok(code) => code,
