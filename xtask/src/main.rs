@@ -5,6 +5,7 @@
 //! cargo, Ctrl-C handling) lives here.
 
 mod bench;
+mod browser;
 mod outcome;
 mod services;
 mod shop;

@@ -131,6 +131,12 @@ pub fn print_urls(shop: &Shop, args: &ShopArgs) {
     }
     println!("  databases        {}", shop.databases.join(", "));
     println!("  logs             {}", shop.log_dir.display());
+    let pids: Vec<String> = shop
+        .pids()
+        .into_iter()
+        .map(|(name, pid)| format!("{name} {pid}"))
+        .collect();
+    println!("  pids             {}", pids.join(", "));
     println!(
         "  admin login      POST {}/api/login {{\"user\":\"admin\",\"password\":\"{}\"}}",
         urls.gateway, args.admin_password
