@@ -6,6 +6,7 @@
 
 mod bench;
 mod browser;
+mod demo;
 mod outcome;
 mod services;
 mod shop;
@@ -44,6 +45,9 @@ enum Cmd {
     /// Run the shop as native processes (2 stock-services, 2 order-services, the
     /// gateway) on local or throwaway Redis and PostgreSQL until Ctrl-C.
     Up(up::UpArgs),
+    /// `up`, then a flash sale with the goose load test, the audit and its verdict; the
+    /// shop stays up for the dashboard until Ctrl-C (or `--no-wait`).
+    Demo(demo::DemoArgs),
 }
 
 fn main() -> ExitCode {
@@ -52,6 +56,7 @@ fn main() -> ExitCode {
         Cmd::Test(args) => test::run(&args),
         Cmd::Bench(args) => bench::run(&args),
         Cmd::Up(args) => up::run(&args),
+        Cmd::Demo(args) => demo::run(&args),
     };
     match result {
         Ok(code) => code,

@@ -408,6 +408,17 @@ pub fn http_status(url: &str) -> Option<u16> {
     agent.get(url).call().ok().map(|r| r.status().as_u16())
 }
 
+/// The JSON body of `GET url` when it answers 2xx, else `None`.
+pub fn http_json(url: &str) -> Option<serde_json::Value> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(2)))
+        .build()
+        .into();
+    let mut response = agent.get(url).call().ok()?;
+    let text = response.body_mut().read_to_string().ok()?;
+    serde_json::from_str(&text).ok()
+}
+
 /// The last lines of a log file.
 pub fn tail(path: &Path) -> String {
     let Ok(text) = fs::read_to_string(path) else {
