@@ -7,9 +7,9 @@ use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{HeaderName, StatusCode, header};
 use axum::middleware::map_response;
 use axum::response::{IntoResponse, Response};
+use std::time::Duration;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use std::time::Duration;
 
 use axum::extract::MatchedPath;
 use tower_http::trace::TraceLayer;

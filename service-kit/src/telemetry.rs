@@ -264,7 +264,10 @@ pub fn init_from(env: &Env, service_name: &str) -> Result<Telemetry, TelemetryEr
 /// A tracer provider batching spans to the OTLP/HTTP `endpoint` (full traces URL), also
 /// installed as the global tracer provider, with the W3C trace-context propagator as the
 /// global propagator.
-fn tracer_provider(endpoint: &str, service_name: &str) -> Result<SdkTracerProvider, TelemetryError> {
+fn tracer_provider(
+    endpoint: &str,
+    service_name: &str,
+) -> Result<SdkTracerProvider, TelemetryError> {
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .with_protocol(Protocol::HttpBinary)
@@ -333,10 +336,7 @@ struct HeaderInjector<'a>(&'a mut HeaderMap);
 
 impl Injector for HeaderInjector<'_> {
     fn set(&mut self, key: &str, value: String) {
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::from_str(key),
-            HeaderValue::from_str(&value),
-        ) {
+        if let (Ok(name), Ok(value)) = (HeaderName::from_str(key), HeaderValue::from_str(&value)) {
             self.0.insert(name, value);
         }
     }
@@ -369,7 +369,10 @@ mod tests {
         let full = TracingConfig::from_env(
             &Env::from_pairs([
                 (OTEL_EXPORTER_OTLP_ENDPOINT, "http://collector:4318"),
-                (OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, "http://jaeger:4318/v1/traces"),
+                (
+                    OTEL_EXPORTER_OTLP_TRACES_ENDPOINT,
+                    "http://jaeger:4318/v1/traces",
+                ),
                 (OTEL_EXPORTER_OTLP_PROTOCOL, "http/protobuf"),
             ]),
             "svc",
