@@ -88,7 +88,12 @@ impl StockClient {
             }
             tracing::Span::current().record("attempts", attempt + 1);
             last = match self
-                .send(self.http.post(&url).json(&body), "POST", &url)
+                .send(
+                    self.http.post(&url).json(&body),
+                    "POST",
+                    "/stock/{sku}/deductions",
+                    &url,
+                )
                 .await
             {
                 Ok(r) => {
@@ -133,7 +138,15 @@ impl StockClient {
             if attempt > 0 {
                 backoff(attempt).await;
             }
-            match self.send(self.http.get(&url), "GET", &url).await {
+            match self
+                .send(
+                    self.http.get(&url),
+                    "GET",
+                    "/stock/{sku}/deductions/{order_id}",
+                    &url,
+                )
+                .await
+            {
                 Ok(r) if r.status() == StatusCode::OK => return Some(true),
                 Ok(r) if r.status() == StatusCode::NOT_FOUND => return Some(false),
                 _ => continue,
@@ -153,7 +166,12 @@ impl StockClient {
                 backoff(attempt).await;
             }
             last = match self
-                .send(self.http.post(&url).json(&body), "POST", &url)
+                .send(
+                    self.http.post(&url).json(&body),
+                    "POST",
+                    "/stock/{sku}/releases",
+                    &url,
+                )
                 .await
             {
                 Ok(r) if r.status() == StatusCode::OK => return Released::Yes,
@@ -182,15 +200,17 @@ impl StockClient {
         &self,
         request: reqwest::RequestBuilder,
         method: &'static str,
+        template: &'static str,
         url: &str,
     ) -> reqwest::Result<reqwest::Response> {
         let span = tracing::info_span!(
             "stock-service call",
-            otel.name = method,
+            otel.name = format!("{method} {template}"),
             otel.kind = "client",
             otel.status_code = Empty,
             http.request.method = method,
             url.full = url,
+            url.template = template,
             http.response.status_code = Empty,
             error.type = Empty,
         );
