@@ -274,7 +274,10 @@ timeout_ms = 8000
     );
     assert_child(tx, hold);
     assert_eq!(attr_str(tx, "db.system.name"), "postgresql");
-    assert!(wait.end_time <= hold.start_time, "hold starts after the wait");
+    assert!(
+        wait.end_time <= hold.start_time,
+        "hold starts after the wait"
+    );
 
     // Nothing of this request ended up in another trace.
     let strays: Vec<&SpanData> = spans

@@ -155,10 +155,7 @@ async fn lock_operation_and_oversold_metrics_show_up_in_a_scrape() {
     tokio::time::sleep(Duration::from_millis(600)).await;
     let (status, _) = deduct(&c, &fast, &fence_sku, &format!("{fence_sku}-prompt"), 1).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(
-        paused.await.expect("task"),
-        StatusCode::SERVICE_UNAVAILABLE
-    );
+    assert_eq!(paused.await.expect("task"), StatusCode::SERVICE_UNAVAILABLE);
 
     // The oversold gauge is recomputed in the background about every second.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -166,8 +163,8 @@ async fn lock_operation_and_oversold_metrics_show_up_in_a_scrape() {
         let text = scrape(&metrics_url).await;
         let naive_oversold = samples(&text, "stock_oversold_units", &[("sku", &naive_sku)]);
         let seg_oversold = samples(&text, "stock_oversold_units", &[("sku", &seg_sku)]);
-        let ready = naive_oversold.first().is_some_and(|l| value(l) > 0.0)
-            && !seg_oversold.is_empty();
+        let ready =
+            naive_oversold.first().is_some_and(|l| value(l) > 0.0) && !seg_oversold.is_empty();
         if ready || tokio::time::Instant::now() > deadline {
             break text;
         }
@@ -200,7 +197,11 @@ async fn lock_operation_and_oversold_metrics_show_up_in_a_scrape() {
                 &[("strategy", "segmented"), ("segment", segment)],
             );
         }
-        assert_has(&text, metric, &[("strategy", "redis-lock"), ("segment", "all")]);
+        assert_has(
+            &text,
+            metric,
+            &[("strategy", "redis-lock"), ("segment", "all")],
+        );
         assert_has(&text, metric, &[("strategy", "db-pessimistic")]);
         // Strategies without a lock record none.
         assert!(samples(&text, metric, &[("strategy", "naive")]).is_empty());
@@ -208,7 +209,11 @@ async fn lock_operation_and_oversold_metrics_show_up_in_a_scrape() {
     assert_has(
         &text,
         "stock_lock_wait_duration_seconds_bucket",
-        &[("strategy", "segmented"), ("acquired", "true"), ("le", "0.0005")],
+        &[
+            ("strategy", "segmented"),
+            ("acquired", "true"),
+            ("le", "0.0005"),
+        ],
     );
     assert!(
         samples(&text, "stock_lock_hold_duration_seconds_count", &[])
