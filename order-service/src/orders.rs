@@ -170,7 +170,10 @@ impl Orders {
         )
         .await;
         let claim = match claim {
-            Err(sqlx::Error::RowNotFound) => return Err(OrderError::InFlight),
+            Err(sqlx::Error::RowNotFound) => {
+                self.metrics.idempotency("in_flight");
+                return Err(OrderError::InFlight);
+            }
             other => other?,
         };
         match claim {
@@ -325,6 +328,7 @@ impl Orders {
         .await?;
         if !finished {
             // Someone else settled it first: answer with what they stored.
+            self.metrics.idempotency("conflict");
             let mut conn = self.pool.acquire().await?;
             let row = store::key_row(&mut conn, &ctx.user, &ctx.key)
                 .await?

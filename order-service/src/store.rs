@@ -83,6 +83,7 @@ pub enum Claim {
 /// purchase limit in the same transaction (the `purchase_totals` row lock serializes one
 /// user's concurrent orders of one item).
 #[allow(clippy::too_many_arguments)]
+#[tracing::instrument(name = "db.transaction", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.operation.name = "TRANSACTION", order.operation = "claim"))]
 pub async fn claim(
     pool: &PgPool,
     user: &str,
@@ -242,6 +243,7 @@ pub struct StoredResponse {
 
 /// Finish a pending order (`reserved` with `pay_by`, or `rejected` with a reason) and store
 /// the response under its key, in one transaction. False if the order was not pending.
+#[tracing::instrument(name = "db.transaction", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.operation.name = "TRANSACTION", order.operation = "finish"))]
 pub async fn finish(
     pool: &PgPool,
     order_id: Uuid,
@@ -300,6 +302,7 @@ pub async fn store_response(
 
 /// The stock-service certainly did not deduct and cannot now: reject the order and forget
 /// the key, so a retry with it starts afresh. Nothing is left half-done.
+#[tracing::instrument(name = "db.transaction", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.operation.name = "TRANSACTION", order.operation = "abandon"))]
 pub async fn abandon(pool: &PgPool, order_id: Uuid, reason: &str) -> sqlx::Result<()> {
     let mut tx = pool.begin().await?;
     let row = sqlx::query(
@@ -323,6 +326,7 @@ pub async fn abandon(pool: &PgPool, order_id: Uuid, reason: &str) -> sqlx::Resul
 
 /// Forget an order entirely (its request was invalid, e.g. an unknown item): the key, the
 /// order and its purchase total go, as if the request had never come.
+#[tracing::instrument(name = "db.transaction", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.operation.name = "TRANSACTION", order.operation = "discard"))]
 pub async fn discard(pool: &PgPool, order_id: Uuid) -> sqlx::Result<()> {
     let mut tx = pool.begin().await?;
     sqlx::query("DELETE FROM idempotency_keys WHERE order_id = $1")
@@ -396,6 +400,7 @@ pub async fn pay(pool: &PgPool, order_id: Uuid) -> sqlx::Result<bool> {
 }
 
 /// `reserved` -> `cancelled` (stock release still to do). True if it changed.
+#[tracing::instrument(name = "db.transaction", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.operation.name = "TRANSACTION", order.operation = "cancel"))]
 pub async fn cancel(pool: &PgPool, order_id: Uuid, reason: &str) -> sqlx::Result<bool> {
     let mut tx = pool.begin().await?;
     let row = sqlx::query(
