@@ -284,20 +284,22 @@ pub async fn finish(
     Ok(true)
 }
 
-/// Record the stored response of a key whose order was already final (limit rejections).
+/// Record the stored response of a key whose order was already final (limit rejections, orders
+/// the worker settled). `false` when the key already had a response: a concurrent request
+/// stored it first, and that one stands.
 pub async fn store_response(
     pool: &PgPool,
     order_id: Uuid,
     response: &StoredResponse,
-) -> sqlx::Result<()> {
-    sqlx::query("UPDATE idempotency_keys SET state = 'done', status = $2, body = $3, location = $4 WHERE order_id = $1")
+) -> sqlx::Result<bool> {
+    let done = sqlx::query("UPDATE idempotency_keys SET state = 'done', status = $2, body = $3, location = $4 WHERE order_id = $1 AND state <> 'done'")
         .bind(order_id)
         .bind(i32::from(response.status))
         .bind(&response.body)
         .bind(&response.location)
         .execute(pool)
         .await?;
-    Ok(())
+    Ok(done.rows_affected() == 1)
 }
 
 /// The stock-service certainly did not deduct and cannot now: reject the order and forget
