@@ -200,3 +200,43 @@ impl ServiceConfig {
         })
     }
 }
+
+/// `url` with the password of its userinfo (`scheme://user:password@host`) replaced by `***`,
+/// for error messages and logs (database and Redis URLs carry
+/// passwords under compose).
+pub fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{scheme}://{user}:***@{host}{tail}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod redact_tests {
+    use super::redact_password;
+
+    #[test]
+    fn passwords_are_redacted_and_the_rest_kept() {
+        assert_eq!(
+            redact_password("postgres://postgres:s3cret@postgres:5432/seckill_stock"),
+            "postgres://postgres:***@postgres:5432/seckill_stock"
+        );
+        assert_eq!(
+            redact_password("postgres://postgres@127.0.0.1:5432/postgres"),
+            "postgres://postgres@127.0.0.1:5432/postgres"
+        );
+        assert_eq!(
+            redact_password("postgres://u:p@h/db?sslmode=disable&x=a@b"),
+            "postgres://u:***@h/db?sslmode=disable&x=a@b"
+        );
+        assert_eq!(redact_password("not a url"), "not a url");
+    }
+}
