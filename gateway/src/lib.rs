@@ -10,6 +10,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod dashboard;
 pub mod error;
 pub mod forward_headers;
 mod health_check;
@@ -42,15 +43,21 @@ pub const SERVICE_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Port listened on when neither `BIND_ADDR` nor the file's `listen` is set.
 pub const DEFAULT_PORT: u16 = 8080;
 
-/// Builds the HTTP application: `GET /healthz`, `POST /api/login` and the proxy for
-/// everything else, wrapped in the shared middleware stack (request ids, tracing, the body
-/// limit, problem bodies). Serve it with [`server::serve`] so handlers see client addresses.
+/// Builds the HTTP application: `GET /healthz`, `POST /api/login`, the dashboard
+/// (`/dashboard…`, unless `[dashboard] enabled = false`) and the proxy for everything else,
+/// wrapped in the shared middleware stack (request ids, tracing, the body limit, problem
+/// bodies). Serve it with [`server::serve`] so handlers see client addresses.
 pub fn app(gateway: Gateway) -> Router {
     let body_limit = gateway.settings().service.body_limit_bytes;
-    let router = Router::new()
+    let dashboard_enabled = gateway.dashboard_enabled();
+    let mut router = Router::new()
         .route(login::LOGIN_PATH, post(login::login))
         .fallback(proxy::proxy)
-        .with_state(gateway)
-        .merge(health::router(SERVICE_NAME, SERVICE_VERSION));
+        .with_state(gateway.clone());
+    if dashboard_enabled {
+        router = dashboard::count_requests(router, std::sync::Arc::clone(gateway.dashboard()))
+            .merge(dashboard::router(gateway));
+    }
+    let router = router.merge(health::router(SERVICE_NAME, SERVICE_VERSION));
     layers::with_common_layers(router, body_limit)
 }
