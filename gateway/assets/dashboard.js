@@ -63,7 +63,7 @@
         series: [{}, ...series],
         axes: [{}, { label: yLabel, size: 60 }],
         scales: { y: { range: (u, min, max) => [0, max > 0 ? max * 1.1 : 1] } },
-        legend: { live: true },
+        legend: { live: false },
       };
       entry = charts[panelId] = { signature, plot: new uPlot(opts, data, box) };
     } else {
@@ -154,7 +154,8 @@
     list.replaceChildren(...d.upstreams.map((u) => {
       const li = document.createElement('li');
       li.className = u.ok ? 'ok' : 'down';
-      li.textContent = u.ok ? u.url : `${u.url}: ${u.error}`;
+      const where = `${u.pools.join(', ')} ${u.url}`;
+      li.textContent = u.ok ? where : `${where}: ${u.error}`;
       return li;
     }));
   }

@@ -570,7 +570,8 @@ mod tests {
         assert!(err.to_string().contains("reserved"), "{err}");
         let off = format!("[pools]\np = [\"http://x:1\"]\n[dashboard]\nenabled = false\n{route}");
         assert!(FileConfig::parse(&off).is_ok());
-        let near = "[pools]\np = [\"http://x:1\"]\n[[routes]]\nprefix = \"/dashboards\"\npool = \"p\"";
+        let near =
+            "[pools]\np = [\"http://x:1\"]\n[[routes]]\nprefix = \"/dashboards\"\npool = \"p\"";
         assert!(FileConfig::parse(near).is_ok());
     }
 

@@ -175,7 +175,10 @@ pub fn router(gateway: Gateway) -> Router {
         .route("/dashboard/", get(assets::page))
         .route(DATA_PATH, get(data).with_state(dashboard));
     for asset in &assets::ASSETS {
-        router = router.route(asset.path, get(move |request: Request| assets::serve(asset, request)));
+        router = router.route(
+            asset.path,
+            get(move |request: Request| assets::serve(asset, request)),
+        );
     }
     router
 }
@@ -183,7 +186,10 @@ pub fn router(gateway: Gateway) -> Router {
 async fn data(State(dashboard): State<Arc<Dashboard>>) -> Response {
     (
         [
-            (header::CONTENT_TYPE, HeaderValue::from_static("application/json")),
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            ),
             (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
         ],
         dashboard.data(),

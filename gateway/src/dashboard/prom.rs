@@ -114,7 +114,9 @@ fn parse_labels<'a>(
             return Err("expected a label name");
         }
         rest = rest[name_end..].trim_start();
-        rest = rest.strip_prefix('=').ok_or("expected = after a label name")?;
+        rest = rest
+            .strip_prefix('=')
+            .ok_or("expected = after a label name")?;
         rest = rest.trim_start();
         rest = rest
             .strip_prefix('"')
@@ -218,10 +220,7 @@ target_info{service_name="stock-service"} 1
     #[test]
     fn special_values_and_bare_names() {
         assert_eq!(parse_line("up 1").unwrap().unwrap().labels, vec![]);
-        assert_eq!(
-            parse_line("x +Inf").unwrap().unwrap().value,
-            f64::INFINITY
-        );
+        assert_eq!(parse_line("x +Inf").unwrap().unwrap().value, f64::INFINITY);
         assert_eq!(
             parse_line("x{} -Inf").unwrap().unwrap().value,
             f64::NEG_INFINITY

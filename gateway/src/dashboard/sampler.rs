@@ -20,7 +20,8 @@ use tokio::time::Instant;
 
 use super::stats::{self, Buckets};
 use super::{RequestCounts, prom};
-use crate::runtime::HttpClient;
+use crate::config::UpstreamUrl;
+use crate::runtime::{HttpClient, Runtime};
 use crate::state::WeakGateway;
 
 /// Path scraped on every upstream.
@@ -53,14 +54,14 @@ pub(crate) async fn run(weak: WeakGateway) {
             .upstreams
             .health_check_timeout()
             .min(interval.mul_f64(0.8));
-        let bases: Vec<String> = runtime.upstreams.iter().map(|u| u.base.clone()).collect();
+        let targets = targets(&runtime);
         let client = runtime.client.clone();
         let dashboard = Arc::clone(gateway.dashboard());
         drop(runtime);
         drop(gateway);
 
         let counts = dashboard.counters().snapshot();
-        let scrapes = scrape_all(&client, &bases, timeout).await;
+        let scrapes = scrape_all(&client, targets, timeout).await;
         sampler.record(Instant::now(), unix_now(), counts, scrapes);
         sampler.trim(Duration::from_secs(settings.history_secs));
         dashboard.publish(sampler.render(settings.sample_interval_ms, settings.history_secs));
@@ -73,6 +74,28 @@ pub(crate) async fn run(weak: WeakGateway) {
         }
         tokio::time::sleep_until(next).await;
     }
+}
+
+/// Every upstream of the configuration, with the pools listing it.
+fn targets(runtime: &Runtime) -> Vec<(String, Vec<String>)> {
+    runtime
+        .upstreams
+        .iter()
+        .map(|upstream| {
+            let pools = runtime
+                .file
+                .pools
+                .iter()
+                .filter(|(_, urls)| {
+                    urls.iter().any(|raw| {
+                        UpstreamUrl::parse(raw).is_ok_and(|url| url.base == upstream.base)
+                    })
+                })
+                .map(|(name, _)| name.clone())
+                .collect();
+            (upstream.base.clone(), pools)
+        })
+        .collect()
 }
 
 fn unix_now() -> f64 {
@@ -102,14 +125,25 @@ pub enum ScrapeError {
     Parse(#[from] prom::ParseError),
 }
 
-/// Scrapes every base URL concurrently; results in the order of `bases`.
+/// The outcome of scraping one upstream.
+#[derive(Debug)]
+pub(crate) struct Scraped {
+    /// The upstream's base URL.
+    pub(crate) base: String,
+    /// The pools listing it.
+    pub(crate) pools: Vec<String>,
+    /// The `/metrics` page, or why there is none.
+    pub(crate) result: Result<String, ScrapeError>,
+}
+
+/// Scrapes every `(base URL, pools)` concurrently; results in the same order.
 pub(crate) async fn scrape_all(
     client: &HttpClient,
-    bases: &[String],
+    targets: Vec<(String, Vec<String>)>,
     timeout: Duration,
-) -> Vec<(String, Result<String, ScrapeError>)> {
+) -> Vec<Scraped> {
     let mut tasks = JoinSet::new();
-    for (index, base) in bases.iter().enumerate() {
+    for (index, (base, _)) in targets.iter().enumerate() {
         let client = client.clone();
         let url = format!("{base}{METRICS_PATH}");
         tasks.spawn(async move {
@@ -119,7 +153,7 @@ pub(crate) async fn scrape_all(
             (index, result)
         });
     }
-    let mut results: Vec<Option<Result<String, ScrapeError>>> = vec![None; bases.len()];
+    let mut results: Vec<Option<Result<String, ScrapeError>>> = vec![None; targets.len()];
     while let Some(joined) = tasks.join_next().await {
         if let Ok((index, result)) = joined
             && let Some(slot) = results.get_mut(index)
@@ -127,14 +161,13 @@ pub(crate) async fn scrape_all(
             *slot = Some(result);
         }
     }
-    bases
-        .iter()
-        .cloned()
+    targets
+        .into_iter()
         .zip(results)
-        .map(|(base, result)| {
-            let result =
-                result.unwrap_or_else(|| Err(ScrapeError::Transport("task failed".into())));
-            (base, result)
+        .map(|((base, pools), result)| Scraped {
+            base,
+            pools,
+            result: result.unwrap_or_else(|| Err(ScrapeError::Transport("task failed".into()))),
         })
         .collect()
 }
@@ -241,17 +274,22 @@ impl Sampler {
         now: Instant,
         at: f64,
         counts: RequestCounts,
-        scrapes: Vec<(String, Result<String, ScrapeError>)>,
+        scrapes: Vec<Scraped>,
     ) {
         let qps = self.qps(now, counts);
         self.instances
-            .retain(|base, _| scrapes.iter().any(|(b, _)| b == base));
+            .retain(|base, _| scrapes.iter().any(|s| s.base == *base));
         let mut lock_deltas: BTreeMap<LockKey, Buckets> = BTreeMap::new();
         let mut oversold_by_sku: BTreeMap<String, f64> = BTreeMap::new();
         let mut oversold_exported = false;
         let mut any_ok = false;
         let mut upstreams = Vec::with_capacity(scrapes.len());
-        for (base, result) in scrapes {
+        for Scraped {
+            base,
+            pools,
+            result,
+        } in scrapes
+        {
             let parsed = result.and_then(|text| {
                 let samples = prom::parse(&text)?;
                 Ok(Reading::from_samples(&samples))
@@ -261,6 +299,7 @@ impl Sampler {
                 Err(error) => {
                     upstreams.push(UpstreamStatus {
                         url: base,
+                        pools,
                         ok: false,
                         error: Some(error.to_string()),
                     });
@@ -302,6 +341,7 @@ impl Sampler {
             }
             upstreams.push(UpstreamStatus {
                 url: base,
+                pools,
                 ok: true,
                 error: None,
             });
@@ -448,11 +488,7 @@ impl Reading {
                         segment: sample.label("segment").map(str::to_owned),
                     };
                     // Summed over `acquired` and any other label.
-                    stats::add_bucket(
-                        reading.lock_wait.entry(key).or_default(),
-                        le,
-                        sample.value,
-                    );
+                    stats::add_bucket(reading.lock_wait.entry(key).or_default(), le, sample.value);
                 }
                 STOCK_AVAILABLE if sample.value.is_finite() => {
                     let key = StockKey {
@@ -534,6 +570,7 @@ struct Oversold<'a> {
 #[derive(Debug, Clone, Serialize)]
 struct UpstreamStatus {
     url: String,
+    pools: Vec<String>,
     ok: bool,
     error: Option<String>,
 }
@@ -563,6 +600,14 @@ mod tests {
             .collect()
     }
 
+    fn scraped(base: &str, result: Result<String, ScrapeError>) -> Scraped {
+        Scraped {
+            base: base.to_owned(),
+            pools: vec!["stock".to_owned()],
+            result,
+        }
+    }
+
     fn counts(success: u64, conflict: u64) -> RequestCounts {
         RequestCounts {
             success,
@@ -581,14 +626,21 @@ mod tests {
         let t0 = Instant::now();
         let a = "http://a".to_owned();
         let b = "http://b".to_owned();
-        let first_a = lock_page("segmented", None, &[("0.001", 10), ("0.002", 10), ("+Inf", 10)])
-            + "stock_available{sku=\"phone\",segment=\"0\"} 50\nstock_available{sku=\"phone\",segment=\"1\"} 50\n";
-        let first_b = lock_page("segmented", None, &[("0.001", 0), ("0.002", 0), ("+Inf", 0)]);
+        let first_a = lock_page(
+            "segmented",
+            None,
+            &[("0.001", 10), ("0.002", 10), ("+Inf", 10)],
+        ) + "stock_available{sku=\"phone\",segment=\"0\"} 50\nstock_available{sku=\"phone\",segment=\"1\"} 50\n";
+        let first_b = lock_page(
+            "segmented",
+            None,
+            &[("0.001", 0), ("0.002", 0), ("+Inf", 0)],
+        );
         sampler.record(
             t0,
             100.0,
             counts(0, 0),
-            vec![(a.clone(), Ok(first_a)), (b.clone(), Ok(first_b))],
+            vec![scraped(&a, Ok(first_a)), scraped(&b, Ok(first_b))],
         );
         let first = json(&sampler);
         assert_eq!(first["time"], json!([100.0]));
@@ -599,14 +651,21 @@ mod tests {
         assert_eq!(first["oversold"]["exported"], json!(false));
 
         // One second later: 40 × 2xx and 10 × 409; a got 10 more fast waits, b 10 slow ones.
-        let second_a = lock_page("segmented", None, &[("0.001", 20), ("0.002", 20), ("+Inf", 20)])
-            + "stock_available{sku=\"phone\",segment=\"0\"} 30\nstock_available{sku=\"phone\",segment=\"1\"} 50\nstock_oversold_units{sku=\"phone\"} 0\n";
-        let second_b = lock_page("segmented", None, &[("0.001", 0), ("0.002", 10), ("+Inf", 10)]);
+        let second_a = lock_page(
+            "segmented",
+            None,
+            &[("0.001", 20), ("0.002", 20), ("+Inf", 20)],
+        ) + "stock_available{sku=\"phone\",segment=\"0\"} 30\nstock_available{sku=\"phone\",segment=\"1\"} 50\nstock_oversold_units{sku=\"phone\"} 0\n";
+        let second_b = lock_page(
+            "segmented",
+            None,
+            &[("0.001", 0), ("0.002", 10), ("+Inf", 10)],
+        );
         sampler.record(
             t0 + Duration::from_secs(1),
             101.0,
             counts(40, 10),
-            vec![(a, Ok(second_a)), (b, Ok(second_b))],
+            vec![scraped(&a, Ok(second_a)), scraped(&b, Ok(second_b))],
         );
         let second = json(&sampler);
         assert_eq!(second["qps"]["2xx"], json!([null, 40.0]));
@@ -636,18 +695,28 @@ mod tests {
             lock_page("redis-lock", Some("0"), &[("0.01", n0), ("+Inf", n0)])
                 + &lock_page("redis-lock", Some("1"), &[("0.01", 0), ("+Inf", n1)])
         };
-        sampler.record(t0, 1.0, counts(0, 0), vec![("http://s".into(), Ok(page(0, 0)))]);
+        sampler.record(
+            t0,
+            1.0,
+            counts(0, 0),
+            vec![scraped("http://s", Ok(page(0, 0)))],
+        );
         sampler.record(
             t0 + Duration::from_secs(1),
             2.0,
             counts(0, 0),
-            vec![("http://s".into(), Ok(page(4, 4)))],
+            vec![scraped("http://s", Ok(page(4, 4)))],
         );
         let data = json(&sampler);
         let series = data["lock_wait"].as_array().unwrap();
         let names: Vec<(String, Value)> = series
             .iter()
-            .map(|s| (s["strategy"].as_str().unwrap().to_owned(), s["segment"].clone()))
+            .map(|s| {
+                (
+                    s["strategy"].as_str().unwrap().to_owned(),
+                    s["segment"].clone(),
+                )
+            })
             .collect();
         assert_eq!(
             names,
@@ -673,10 +742,10 @@ mod tests {
             1.0,
             counts(1, 0),
             vec![
-                ("http://good".into(), Ok(good.clone())),
-                ("http://down".into(), Err(ScrapeError::Timeout)),
-                ("http://junk".into(), Ok("<html>".into())),
-                ("http://404".into(), Err(ScrapeError::Status(404))),
+                scraped("http://good", Ok(good.clone())),
+                scraped("http://down", Err(ScrapeError::Timeout)),
+                scraped("http://junk", Ok("<html>".into())),
+                scraped("http://404", Err(ScrapeError::Status(404))),
             ],
         );
         let data = json(&sampler);
@@ -691,7 +760,10 @@ mod tests {
             vec![
                 (true, Value::Null),
                 (false, json!("timed out")),
-                (false, json!("not Prometheus text: line 1: expected a metric name")),
+                (
+                    false,
+                    json!("not Prometheus text: line 1: expected a metric name")
+                ),
                 (false, json!("HTTP 404")),
             ]
         );
@@ -702,7 +774,7 @@ mod tests {
             t0 + Duration::from_secs(1),
             2.0,
             counts(1, 0),
-            vec![("http://good".into(), Err(ScrapeError::Timeout))],
+            vec![scraped("http://good", Err(ScrapeError::Timeout))],
         );
         let data = json(&sampler);
         assert_eq!(data["oversold"]["total"], Value::Null);
@@ -722,8 +794,8 @@ mod tests {
             1.0,
             counts(0, 0),
             vec![
-                ("http://x".into(), Ok(level(10) + &lock(100))),
-                ("http://y".into(), Ok(level(10))),
+                scraped("http://x", Ok(level(10) + &lock(100))),
+                scraped("http://y", Ok(level(10))),
             ],
         );
         // y saw the item last: its level is the one to show, although x still says 10.
@@ -732,14 +804,63 @@ mod tests {
             2.0,
             counts(0, 0),
             vec![
-                ("http://x".into(), Ok(level(10) + &lock(2))),
-                ("http://y".into(), Ok(level(4))),
+                scraped("http://x", Ok(level(10) + &lock(2))),
+                scraped("http://y", Ok(level(4))),
             ],
         );
         let data = json(&sampler);
         assert_eq!(data["stock"][0]["available"], json!([10.0, 4.0]));
         // x restarted (100 → 2 waits): its 2 waits count, not -98.
         assert_eq!(data["lock_wait"][0]["count"], json!([null, 2.0]));
+    }
+
+    async fn serve(router: axum::Router) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        format!("http://{addr}")
+    }
+
+    #[tokio::test]
+    async fn each_upstream_is_scraped_with_a_timeout_and_failures_stay_local() {
+        use axum::http::StatusCode;
+        use axum::routing::get;
+        let metrics = |handler| axum::Router::new().route(METRICS_PATH, handler);
+        let good = serve(metrics(get(|| async { "up 1\n" }))).await;
+        let failing = serve(metrics(get(|| async {
+            (StatusCode::INTERNAL_SERVER_ERROR, "boom")
+        })))
+        .await;
+        let slow = serve(metrics(get(|| async {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            "late"
+        })))
+        .await;
+        let dead = {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            format!("http://{}", listener.local_addr().unwrap())
+        };
+        let client = crate::runtime::http_client(Duration::from_millis(200));
+        let targets = [&good, &failing, &slow, &dead]
+            .into_iter()
+            .map(|base| (base.clone(), vec!["p".to_owned()]))
+            .collect();
+        let started = Instant::now();
+        let results = scrape_all(&client, targets, Duration::from_millis(300)).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "the slow one held everything up"
+        );
+        let bases: Vec<&str> = results.iter().map(|r| r.base.as_str()).collect();
+        assert_eq!(bases, [&good, &failing, &slow, &dead]);
+        assert_eq!(results[0].result, Ok("up 1\n".to_owned()));
+        assert_eq!(results[1].result, Err(ScrapeError::Status(500)));
+        assert_eq!(results[2].result, Err(ScrapeError::Timeout));
+        assert!(
+            matches!(results[3].result, Err(ScrapeError::Transport(_))),
+            "{:?}",
+            results[3]
+        );
     }
 
     #[test]
@@ -759,11 +880,17 @@ mod tests {
         assert_eq!(json(&sampler)["qps"]["2xx"], json!([1.0, 1.0, 1.0, 1.0]));
         let empty: Value = serde_json::from_slice(&empty_data()).unwrap();
         let rendered = json(&Sampler::default());
-        assert_eq!(empty, rendered.as_object().map(|o| {
-            let mut o = o.clone();
-            o.insert("interval_ms".into(), json!(0));
-            o.insert("history_secs".into(), json!(0));
-            Value::Object(o)
-        }).unwrap());
+        assert_eq!(
+            empty,
+            rendered
+                .as_object()
+                .map(|o| {
+                    let mut o = o.clone();
+                    o.insert("interval_ms".into(), json!(0));
+                    o.insert("history_secs".into(), json!(0));
+                    Value::Object(o)
+                })
+                .unwrap()
+        );
     }
 }

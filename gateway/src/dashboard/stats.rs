@@ -148,7 +148,12 @@ mod tests {
         let wider: Buckets = vec![(0.5, 2.0), (1.0, 6.0), (2.0, 12.0), (f64::INFINITY, 14.0)];
         assert_eq!(
             delta(&wider, Some(&after)),
-            Some(vec![(0.5, 2.0), (1.0, 0.0), (2.0, 0.0), (f64::INFINITY, 0.0)])
+            Some(vec![
+                (0.5, 2.0),
+                (1.0, 0.0),
+                (2.0, 0.0),
+                (f64::INFINITY, 0.0)
+            ])
         );
     }
 
@@ -156,8 +161,14 @@ mod tests {
     fn merged_instances_give_the_combined_quantile() {
         // Two instances with the same bounds (they share the bucket layout).
         let mut sum: Buckets = Vec::new();
-        merge(&mut sum, &vec![(1.0, 10.0), (2.0, 10.0), (f64::INFINITY, 10.0)]);
-        merge(&mut sum, &vec![(1.0, 0.0), (2.0, 10.0), (f64::INFINITY, 10.0)]);
+        merge(
+            &mut sum,
+            &vec![(1.0, 10.0), (2.0, 10.0), (f64::INFINITY, 10.0)],
+        );
+        merge(
+            &mut sum,
+            &vec![(1.0, 0.0), (2.0, 10.0), (f64::INFINITY, 10.0)],
+        );
         assert_eq!(sum, vec![(1.0, 10.0), (2.0, 20.0), (f64::INFINITY, 20.0)]);
         // 10 fast, 10 slow: the median is the boundary, p75 halfway into the slow bucket.
         assert!(close(quantile(0.5, &sum), 1.0));
