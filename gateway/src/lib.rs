@@ -5,8 +5,8 @@
 //! unhealthy instances ejected on errors and by active `/healthz` checks. It issues and checks
 //! HS256 JWTs (`POST /api/login`), sets `x-user-id` for upstreams (and strips any a client
 //! sends), rate-limits per user and overall, retries only what is safe to repeat within a
-//! per-route deadline, and can send a share of a route to a canary pool. docs/gateway.md
-//! describes it all.
+//! per-route deadline, and can send a share of a route to a canary pool. It also serves a
+//! live dashboard at `/dashboard` ([`dashboard`]). docs/gateway.md describes it all.
 
 pub mod auth;
 pub mod config;
