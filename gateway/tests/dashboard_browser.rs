@@ -220,26 +220,33 @@ async fn the_dashboard_shows_a_live_sale_in_headless_chromium() {
     );
 }
 
-/// The browser: `$CHROMIUM`, else `chromium` / `chromium-browser` on `PATH`.
+/// The browser: `$CHROMIUM` (a path, or a program name looked up on `PATH`), else `chromium`
+/// or `chromium-browser` on `PATH`.
 fn chromium() -> PathBuf {
-    if let Some(path) = std::env::var_os("CHROMIUM").filter(|p| !p.is_empty()) {
-        let path = PathBuf::from(path);
-        assert!(path.is_file(), "CHROMIUM={} is not a file", path.display());
-        return path;
+    let on_path = |name: &str| {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        std::env::split_paths(&path)
+            .map(|dir| dir.join(name))
+            .find(|candidate| candidate.is_file())
+    };
+    if let Some(wanted) = std::env::var_os("CHROMIUM").filter(|p| !p.is_empty()) {
+        let wanted = PathBuf::from(wanted);
+        let found = if wanted.components().count() > 1 {
+            wanted.is_file().then(|| wanted.clone())
+        } else {
+            on_path(&wanted.to_string_lossy())
+        };
+        return found.unwrap_or_else(|| panic!("CHROMIUM={} is not a program", wanted.display()));
     }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    for dir in std::env::split_paths(&path) {
-        for name in ["chromium", "chromium-browser"] {
-            let candidate = dir.join(name);
-            if candidate.is_file() {
-                return candidate;
-            }
-        }
-    }
-    panic!(
-        "this test needs headless Chromium and found none: install the Debian package \
-         `chromium` (apt-get install chromium), or set CHROMIUM=/path/to/chromium"
-    );
+    ["chromium", "chromium-browser"]
+        .into_iter()
+        .find_map(on_path)
+        .unwrap_or_else(|| {
+            panic!(
+                "this test needs headless Chromium and found none: install the Debian package \
+                 `chromium` (apt-get install chromium), or set CHROMIUM=/path/to/chromium"
+            )
+        })
 }
 
 /// Runs Chromium headless on `url` with `extra` flags; returns its standard output.
