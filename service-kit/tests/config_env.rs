@@ -96,7 +96,7 @@ fn invalid_log_settings_name_the_variable() {
     assert!(err.to_string().contains("RUST_LOG"), "{err}");
 
     // Checked before anything is installed, so this does not touch the global subscriber.
-    let err = telemetry::init_from(&Env::from_pairs([("LOG_FORMAT", "xml")])).unwrap_err();
+    let err = telemetry::init_from(&Env::from_pairs([("LOG_FORMAT", "xml")]), "test").unwrap_err();
     assert!(err.to_string().contains("LOG_FORMAT"), "{err}");
 }
 

@@ -30,6 +30,9 @@ pub const SERVICE_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Port listened on when `BIND_ADDR` is not set.
 pub const DEFAULT_PORT: u16 = StockConfig::DEFAULT_PORT;
 
+/// How often the oversold gauge of recently changed items is recomputed from the database.
+pub const OVERSOLD_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Connect to PostgreSQL (applying migrations) and Redis, and build the engine.
 pub async fn connect(config: StockConfig) -> anyhow::Result<Stock> {
     let pool = service_kit::postgres::connect(
@@ -58,6 +61,8 @@ pub async fn connect(config: StockConfig) -> anyhow::Result<Stock> {
     .await
     .context("cannot subscribe to stock events")?;
     let metrics = metrics::StockMetrics::new(&opentelemetry::global::meter("stock-service"));
+    let oversold = metrics::OversoldWatch::default();
+    oversold.spawn(pool.clone(), metrics.clone(), OVERSOLD_CHECK_INTERVAL);
     Ok(Stock {
         pool,
         locks,
@@ -65,6 +70,7 @@ pub async fn connect(config: StockConfig) -> anyhow::Result<Stock> {
         cache,
         config,
         metrics,
+        oversold,
     })
 }
 
