@@ -218,11 +218,26 @@ pub fn init(service_name: &str) -> Result<Telemetry, TelemetryError> {
     init_from(&Env::process(), service_name)
 }
 
+/// Every telemetry setting read from `env`, without installing anything: what
+/// [`init_from`] would read and reject (configuration checks use it).
+pub fn check_settings(env: &Env, service_name: &str) -> Result<(), ConfigError> {
+    settings(env, service_name).map(|_| ())
+}
+
+fn settings(
+    env: &Env,
+    service_name: &str,
+) -> Result<(EnvFilter, LogFormat, TracingConfig), ConfigError> {
+    Ok((
+        env_filter(env)?,
+        env.parse_or(LOG_FORMAT, LogFormat::default())?,
+        TracingConfig::from_env(env, service_name)?,
+    ))
+}
+
 /// Installs the global subscriber configured from `env`; see [`init`].
 pub fn init_from(env: &Env, service_name: &str) -> Result<Telemetry, TelemetryError> {
-    let filter = env_filter(env)?;
-    let format = env.parse_or(LOG_FORMAT, LogFormat::default())?;
-    let tracing_config = TracingConfig::from_env(env, service_name)?;
+    let (filter, format, tracing_config) = settings(env, service_name)?;
     let provider = tracing_config
         .traces_endpoint
         .as_deref()

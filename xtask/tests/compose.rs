@@ -33,8 +33,13 @@ const NO_HEALTHCHECK: &[(&str, &str)] = &[(
 const SERVICE_TARGETS: &[&str] = &["gateway", "order-service", "stock-service"];
 
 /// Variables the OpenTelemetry SDK reads straight from the process environment (not through
-/// [`Env`]), so they count as read for every service.
-const OTEL_SDK_VARS: &[&str] = &["OTEL_SERVICE_NAME", "OTEL_EXPORTER_OTLP_ENDPOINT"];
+/// [`Env`]), so they count as read for every service. `OTEL_SERVICE_NAME` and the OTLP
+/// endpoint/protocol are read through `Env` by `service_kit::telemetry`, so they are checked.
+const OTEL_SDK_VARS: &[&str] = &[
+    "OTEL_RESOURCE_ATTRIBUTES",
+    "OTEL_TRACES_SAMPLER",
+    "OTEL_TRACES_SAMPLER_ARG",
+];
 
 /// Port of the collector's OTLP http/protobuf receiver, which the services export to.
 const OTLP_HTTP_PORT: u16 = 4318;
@@ -124,9 +129,8 @@ async fn every_service_environment_loads_and_every_variable_is_read() {
         let vars = environment(service);
         let env = Env::from_pairs(vars.clone());
         // The same reads the binary does at start: telemetry, then its configuration.
-        match service_kit::telemetry::init_from(&env) {
-            Ok(()) | Err(service_kit::telemetry::TelemetryError::AlreadyInitialized(_)) => {}
-            Err(e) => problems.push(format!("{name}: telemetry settings rejected: {e}")),
+        if let Err(e) = service_kit::telemetry::check_settings(&env, target) {
+            problems.push(format!("{name}: telemetry settings rejected: {e}"));
         }
         if let Err(e) = load_config(target, service, &env) {
             // Loading stopped early, so what was read says nothing.
