@@ -43,7 +43,12 @@ pub async fn connect(config: StockConfig) -> anyhow::Result<Stock> {
     .await?;
     let locks = LockClient::connect(&config.redis_url, LockConfig::default())
         .await
-        .with_context(|| format!("cannot connect to Redis at {}", config.redis_url))?;
+        .with_context(|| {
+            format!(
+                "cannot connect to Redis at {}",
+                service_kit::config::redact_password(&config.redis_url)
+            )
+        })?;
     let redlock = if config.redlock_urls.is_empty() {
         None
     } else {
