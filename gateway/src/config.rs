@@ -86,6 +86,9 @@ pub struct FileConfig {
     /// Tokens and logins.
     #[serde(default)]
     pub auth: AuthConfig,
+    /// The built-in live dashboard (`/dashboard`).
+    #[serde(default)]
+    pub dashboard: DashboardConfig,
 }
 
 /// How requests are spread over a pool's upstreams.
@@ -258,6 +261,63 @@ impl Default for AuthConfig {
     }
 }
 
+/// The built-in live dashboard: `GET /dashboard` and its data, sampled in the background.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DashboardConfig {
+    /// Serve `/dashboard…` and run the sampler. Read at start only (not reloadable).
+    pub enabled: bool,
+    /// How often the gateway's counters are read and every upstream's `/metrics` scraped,
+    /// in milliseconds (100–60000). Reloadable.
+    pub sample_interval_ms: u64,
+    /// How much history is kept and served, in seconds (10–3600). Reloadable.
+    pub history_secs: u64,
+}
+
+impl Default for DashboardConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            sample_interval_ms: 1000,
+            history_secs: 300,
+        }
+    }
+}
+
+impl DashboardConfig {
+    /// [`Self::sample_interval_ms`] as a duration.
+    pub fn sample_interval(&self) -> Duration {
+        Duration::from_millis(self.sample_interval_ms)
+    }
+
+    fn validate(&self, routes: &[RouteConfig]) -> Result<(), ConfigFileError> {
+        if !(100..=60_000).contains(&self.sample_interval_ms) {
+            return Err(ConfigFileError::invalid(
+                "dashboard.sample_interval_ms must be between 100 and 60000",
+            ));
+        }
+        if !(10..=3600).contains(&self.history_secs) {
+            return Err(ConfigFileError::invalid(
+                "dashboard.history_secs must be between 10 and 3600",
+            ));
+        }
+        if self.enabled {
+            let reserved = crate::dashboard::DASHBOARD_PATH;
+            if let Some(route) = routes.iter().find(|r| {
+                r.prefix
+                    .strip_prefix(reserved)
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+            }) {
+                return Err(ConfigFileError::invalid(format!(
+                    "route {:?}: {reserved} is reserved for the dashboard (set dashboard.enabled = false to route it)",
+                    route.prefix
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
 mod defaults {
     use super::Access;
 
@@ -388,6 +448,7 @@ impl FileConfig {
                 "auth.token_ttl_secs must be positive",
             ));
         }
+        self.dashboard.validate(&self.routes)?;
         Ok(())
     }
 }
@@ -497,6 +558,21 @@ mod tests {
         assert_eq!(route.retries, 1);
         assert_eq!(config.upstreams, UpstreamSettings::default());
         assert_eq!(config.rate_limit, RateLimitConfig::default());
+        assert_eq!(config.dashboard, DashboardConfig::default());
+        assert!(config.dashboard.enabled);
+    }
+
+    #[test]
+    fn the_dashboard_path_is_routable_only_with_the_dashboard_off() {
+        let route = "[[routes]]\nprefix = \"/dashboard\"\npool = \"p\"\n";
+        let on = format!("[pools]\np = [\"http://x:1\"]\n{route}");
+        let err = FileConfig::parse(&on).unwrap_err();
+        assert!(err.to_string().contains("reserved"), "{err}");
+        let off = format!("[pools]\np = [\"http://x:1\"]\n[dashboard]\nenabled = false\n{route}");
+        assert!(FileConfig::parse(&off).is_ok());
+        let near =
+            "[pools]\np = [\"http://x:1\"]\n[[routes]]\nprefix = \"/dashboards\"\npool = \"p\"";
+        assert!(FileConfig::parse(near).is_ok());
     }
 
     #[test]
@@ -515,6 +591,11 @@ mod tests {
             "[pools]\np = [\"http://x:1\"]\n[[routes]]\nprefix = \"/a\"\npool = \"q\"".to_owned(),
             "[pools]\np = [\"http://x:1\"]\n[[routes]]\nprefix = \"/a\"\npool = \"p\"\n[[routes]]\nprefix = \"/a\"\npool = \"p\"".to_owned(),
             minimal("[upstreams]\neject_after_failures = 0"),
+            minimal("[dashboard]\nsample_interval_ms = 50"),
+            minimal("[dashboard]\nhistory_secs = 0"),
+            minimal("[dashboard]\ncolour = \"red\""),
+            "[pools]\np = [\"http://x:1\"]\n[[routes]]\nprefix = \"/dashboard\"\npool = \"p\"".to_owned(),
+            "[pools]\np = [\"http://x:1\"]\n[[routes]]\nprefix = \"/dashboard/x\"\npool = \"p\"".to_owned(),
         ];
         for text in cases {
             assert!(FileConfig::parse(&text).is_err(), "accepted:\n{text}");

@@ -4,7 +4,10 @@
 //! `Connection` header names), minus what the gateway owns (`Host`, `Authorization`,
 //! `x-user-id`, `x-user-role`, `X-Forwarded-*`, `Forwarded`, `Content-Length`, `Expect`),
 //! plus `x-user-id`/`x-user-role` from the verified token and `X-Forwarded-For/-Proto/-Host`.
-//! `traceparent`, `tracestate`, `x-request-id` and everything else pass through untouched.
+//! `x-request-id` and everything else pass through untouched. So do `traceparent` and
+//! `tracestate` here; when traces are exported the proxy then replaces them with the context
+//! of its own upstream-attempt span (a child of the client's trace), so the upstream's spans
+//! hang under the gateway's.
 //! The gateway is the edge, so a client's `X-Forwarded-For` is replaced, not appended to.
 //!
 //! To clients: the upstream's headers minus hop-by-hop ones.

@@ -10,7 +10,7 @@ use service_kit::telemetry;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    telemetry::init().context("failed to initialise telemetry")?;
+    let telemetry = telemetry::init(SERVICE_NAME).context("failed to initialise telemetry")?;
     let settings = GatewaySettings::from_env().context("invalid environment")?;
     // Before the gateway creates its instruments on the global meter.
     let metrics = Metrics::install(SERVICE_NAME).context("cannot set up metrics")?;
@@ -41,6 +41,8 @@ async fn main() -> anyhow::Result<()> {
     let addr = gateway.bind_addr();
     server::serve(app(gateway), addr).await?;
     metrics.shutdown();
+    // Flush the spans still queued for export.
+    telemetry.shutdown();
     Ok(())
 }
 

@@ -25,6 +25,8 @@ use http_body_util::{Full, LengthLimitError};
 use hyper::body::{Frame, Incoming, SizeHint};
 use opentelemetry::StringValue;
 use tokio::time::Instant;
+use tracing::Instrument as _;
+use tracing::field::Empty;
 
 use crate::Gateway;
 use crate::auth::{Identity, Role};
@@ -161,14 +163,31 @@ async fn forward(
                 tracing::error!(%error, upstream = %upstream.base, "cannot build the upstream URI");
                 GatewayError::Internal
             })?;
+        // One client span per attempt; the upstream's spans become its children.
+        let attempt_span = tracing::info_span!(
+            "upstream",
+            otel.name = format!("{} {}", parts.method, route.name),
+            otel.kind = "client",
+            otel.status_code = Empty,
+            http.request.method = %parts.method,
+            url.full = %uri,
+            http.response.status_code = Empty,
+            error.type = Empty,
+            gateway.route = %route.name,
+            gateway.pool = %pool.name,
+            gateway.attempt = outcome.attempts,
+        );
         let mut upstream_request = hyper::Request::new(Full::new(body.clone()));
         *upstream_request.method_mut() = parts.method.clone();
         *upstream_request.uri_mut() = uri;
         *upstream_request.headers_mut() = headers.clone();
+        service_kit::telemetry::inject_span(&attempt_span, upstream_request.headers_mut());
 
         let in_flight = upstream.start_request();
-        let attempt =
-            tokio::time::timeout_at(deadline, runtime.client.request(upstream_request)).await;
+        let attempt = tokio::time::timeout_at(deadline, runtime.client.request(upstream_request))
+            .instrument(attempt_span.clone())
+            .await;
+        record_attempt(&attempt_span, &attempt);
         let failure = match attempt {
             Ok(Ok(response)) => {
                 if upstream.record_success() == HealthChange::Readmitted {
@@ -204,6 +223,30 @@ async fn forward(
             return Err(error);
         }
         last_error = Some(error);
+    }
+}
+
+/// Records an attempt's status (or error kind) on its span.
+fn record_attempt<T, E>(
+    span: &tracing::Span,
+    attempt: &Result<Result<hyper::Response<T>, E>, tokio::time::error::Elapsed>,
+) {
+    match attempt {
+        Ok(Ok(response)) => {
+            span.record("http.response.status_code", response.status().as_u16());
+            if response.status().is_server_error() {
+                span.record("otel.status_code", "ERROR");
+                span.record("error.type", response.status().as_str());
+            }
+        }
+        Ok(Err(_)) => {
+            span.record("otel.status_code", "ERROR");
+            span.record("error.type", "upstream_error");
+        }
+        Err(_) => {
+            span.record("otel.status_code", "ERROR");
+            span.record("error.type", "timeout");
+        }
     }
 }
 

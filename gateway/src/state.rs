@@ -7,6 +7,7 @@ use arc_swap::ArcSwap;
 use tokio::task::AbortHandle;
 
 use crate::config::{ConfigFileError, FileConfig};
+use crate::dashboard::Dashboard;
 use crate::metrics::GatewayMetrics;
 use crate::runtime::Runtime;
 use crate::settings::{EXAMPLE_CONFIG, GatewaySettings};
@@ -25,6 +26,10 @@ struct Shared {
     settings: GatewaySettings,
     runtime: ArcSwap<Runtime>,
     metrics: GatewayMetrics,
+    /// The dashboard's counters and data.
+    dashboard: Arc<Dashboard>,
+    /// Whether the dashboard was enabled at start (`[dashboard] enabled` is not reloadable).
+    dashboard_enabled: bool,
     /// The text of the configuration file last looked at (applied or refused).
     last_text: Mutex<String>,
     tasks: Mutex<Vec<AbortHandle>>,
@@ -78,20 +83,24 @@ impl Gateway {
                 EXAMPLE_CONFIG.to_owned(),
             ),
         };
+        let dashboard_enabled = file.dashboard.enabled;
         let runtime = Runtime::build(file, &settings, None)?;
         Ok(Self {
             shared: Arc::new(Shared {
                 settings,
                 runtime: ArcSwap::from_pointee(runtime),
                 metrics,
+                dashboard: Arc::new(Dashboard::new()),
+                dashboard_enabled,
                 last_text: Mutex::new(text),
                 tasks: Mutex::new(Vec::new()),
             }),
         })
     }
 
-    /// [`Gateway::new`], then starts the active health checks and (with a file) the reload
-    /// watcher. Must be called inside a Tokio runtime.
+    /// [`Gateway::new`], then starts the active health checks, (with a file) the reload
+    /// watcher and (when enabled) the dashboard's sampler. Must be called inside a Tokio
+    /// runtime.
     pub fn start(settings: GatewaySettings) -> Result<Self, ConfigFileError> {
         Self::start_with_metrics(settings, GatewayMetrics::global())
     }
@@ -105,6 +114,12 @@ impl Gateway {
         let weak = Arc::downgrade(&gateway.shared);
         let mut handles =
             vec![tokio::spawn(health_check::run(WeakGateway(weak.clone()))).abort_handle()];
+        if gateway.shared.dashboard_enabled {
+            handles.push(
+                tokio::spawn(crate::dashboard::sampler::run(WeakGateway(weak.clone())))
+                    .abort_handle(),
+            );
+        }
         if gateway.shared.settings.config_path.is_some() {
             handles.push(tokio::spawn(reload::run(WeakGateway(weak))).abort_handle());
         }
@@ -128,6 +143,16 @@ impl Gateway {
     /// The instruments.
     pub fn metrics(&self) -> &GatewayMetrics {
         &self.shared.metrics
+    }
+
+    /// The dashboard's counters and data.
+    pub fn dashboard(&self) -> &Arc<Dashboard> {
+        &self.shared.dashboard
+    }
+
+    /// Whether `/dashboard` is served and sampled (`[dashboard] enabled` at start).
+    pub fn dashboard_enabled(&self) -> bool {
+        self.shared.dashboard_enabled
     }
 
     /// Where to listen: `BIND_ADDR`, else the file's `listen`, else `0.0.0.0:8080`.
@@ -163,6 +188,11 @@ impl Gateway {
         if file.listen != previous.file.listen {
             tracing::warn!(
                 "`listen` changed in the configuration file; it applies at the next start"
+            );
+        }
+        if file.dashboard.enabled != self.shared.dashboard_enabled {
+            tracing::warn!(
+                "`dashboard.enabled` changed in the configuration file; it applies at the next start"
             );
         }
         let runtime = Runtime::build(file, &self.shared.settings, Some(&previous))?;

@@ -44,7 +44,12 @@ pub async fn connect(config: OrderConfig) -> anyhow::Result<Orders> {
                 .set_connection_timeout(Some(std::time::Duration::from_secs(1))),
         )
         .await
-        .with_context(|| format!("cannot connect to Redis at {}", config.redis_url))?;
+        .with_context(|| {
+            format!(
+                "cannot connect to Redis at {}",
+                service_kit::config::redact_password(&config.redis_url)
+            )
+        })?;
     let stock = stock_client::StockClient::new(
         &config.stock_url,
         config.stock_timeout,

@@ -9,7 +9,7 @@ use service_kit::{server, telemetry};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    telemetry::init().context("failed to initialise telemetry")?;
+    let telemetry = telemetry::init(SERVICE_NAME).context("failed to initialise telemetry")?;
     let metrics = Metrics::install(SERVICE_NAME)?;
     let config = OrderConfig::from_env().context("invalid configuration")?;
     tracing::info!(service = SERVICE_NAME, version = SERVICE_VERSION, stock = %config.stock_url, "starting");
@@ -21,5 +21,7 @@ async fn main() -> anyhow::Result<()> {
     }
     server::serve(app(orders).merge(metrics.router()), addr, SERVICE_NAME).await?;
     metrics.shutdown();
+    // Flush the spans still queued for export.
+    telemetry.shutdown();
     Ok(())
 }

@@ -20,7 +20,7 @@ impl OrderMetrics {
                 .build(),
             idempotency: meter
                 .u64_counter("orders.idempotency")
-                .with_description("Idempotency-Key results (new, replayed, in_flight, mismatch, taken_over)")
+                .with_description("Idempotency-Key results (new, replayed, in_flight, mismatch, taken_over, conflict)")
                 .build(),
         }
     }

@@ -170,7 +170,10 @@ impl Orders {
         )
         .await;
         let claim = match claim {
-            Err(sqlx::Error::RowNotFound) => return Err(OrderError::InFlight),
+            Err(sqlx::Error::RowNotFound) => {
+                self.metrics.idempotency("in_flight");
+                return Err(OrderError::InFlight);
+            }
             other => other?,
         };
         match claim {
@@ -325,27 +328,8 @@ impl Orders {
         .await?;
         if !finished {
             // Someone else settled it first: answer with what they stored.
-            let mut conn = self.pool.acquire().await?;
-            let row = store::key_row(&mut conn, &ctx.user, &ctx.key)
-                .await?
-                .ok_or(OrderError::InFlight)?;
-            let response = StoredResponse {
-                status: u16::try_from(row.status.unwrap_or(500)).unwrap_or(500),
-                body: row.body.unwrap_or(Value::Null),
-                location: row.location,
-            };
-            // Keep Redis equal to what the database stored.
-            if let Err(err) = self
-                .replay
-                .store(&ctx.user, &ctx.key, &self.record(ctx, &response))
-                .await
-            {
-                tracing::warn!(error = %err, "replay record not corrected");
-            }
-            return Ok(Reply {
-                response,
-                replayed: true,
-            });
+            self.metrics.idempotency("conflict");
+            return self.stored_reply(ctx).await?.ok_or(OrderError::InFlight);
         }
         self.metrics.outcome(if order.status == "reserved" {
             "reserved"
@@ -358,24 +342,61 @@ impl Orders {
         })
     }
 
-    /// Store the response of an order that is already final.
+    /// Store the response of an order that is already final, unless a concurrent request
+    /// (the one that settled it) stored one first: then that one is the answer, replayed.
     async fn finish_stored(
         &self,
         ctx: &KeyContext,
         order_id: Uuid,
         response: StoredResponse,
     ) -> Result<Reply, OrderError> {
+        if let Some(reply) = self.stored_reply(ctx).await? {
+            self.metrics.idempotency("conflict");
+            return Ok(reply);
+        }
         let record = self.record(ctx, &response);
         if let Err(err) = self.replay.store(&ctx.user, &ctx.key, &record).await {
             return Err(OrderError::Unknown(format!(
                 "cannot record the response: {err}"
             )));
         }
-        store::store_response(&self.pool, order_id, &response).await?;
+        if !store::store_response(&self.pool, order_id, &response).await? {
+            self.metrics.idempotency("conflict");
+            return self.stored_reply(ctx).await?.ok_or(OrderError::InFlight);
+        }
         Ok(Reply {
             response,
             replayed: false,
         })
+    }
+
+    /// The response stored for the key, as a replay, when the key is done; Redis is set to
+    /// it (best effort) so that the fast path answers the same.
+    async fn stored_reply(&self, ctx: &KeyContext) -> Result<Option<Reply>, OrderError> {
+        let mut conn = self.pool.acquire().await?;
+        let Some(row) = store::key_row(&mut conn, &ctx.user, &ctx.key).await? else {
+            return Ok(None);
+        };
+        drop(conn);
+        if !row.done {
+            return Ok(None);
+        }
+        let response = StoredResponse {
+            status: u16::try_from(row.status.unwrap_or(500)).unwrap_or(500),
+            body: row.body.unwrap_or(Value::Null),
+            location: row.location,
+        };
+        if let Err(err) = self
+            .replay
+            .store(&ctx.user, &ctx.key, &self.record(ctx, &response))
+            .await
+        {
+            tracing::warn!(error = %err, "replay record not corrected");
+        }
+        Ok(Some(Reply {
+            response,
+            replayed: true,
+        }))
     }
 
     /// The user's order.

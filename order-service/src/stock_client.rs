@@ -1,12 +1,19 @@
 //! Calls to the stock-service. Every call carries the order id, so retrying one is safe;
 //! each has a timeout, and retries back off. Answers are classified by what they prove: a
 //! refused connection or a 503 means nothing was deducted; a timeout means "unknown".
+//!
+//! Tracing: each call is a span (`stock.deduct`, `stock.has_deduction`, `stock.release`) and
+//! each HTTP attempt a client span inside it whose W3C `traceparent` goes with the request, so
+//! the stock-service's spans join the order's trace.
 
 use std::time::Duration;
 
 use reqwest::StatusCode;
+use reqwest::header::HeaderMap;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tracing::Instrument as _;
+use tracing::field::Empty;
 
 /// What a deduction call established.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,6 +76,7 @@ impl StockClient {
     }
 
     /// Deduct `qty` of `sku` for `order_id`, retrying what is worth retrying.
+    #[tracing::instrument(name = "stock.deduct", skip(self), fields(attempts = Empty))]
     pub async fn deduct(&self, sku: &str, order_id: &str, qty: i64) -> Deducted {
         let url = format!("{}/stock/{sku}/deductions", self.base);
         let body = json!({"order_id": order_id, "qty": qty});
@@ -78,7 +86,16 @@ impl StockClient {
             if attempt > 0 {
                 backoff(attempt).await;
             }
-            last = match self.http.post(&url).json(&body).send().await {
+            tracing::Span::current().record("attempts", attempt + 1);
+            last = match self
+                .send(
+                    self.http.post(&url).json(&body),
+                    "POST",
+                    "/stock/{sku}/deductions",
+                    &url,
+                )
+                .await
+            {
                 Ok(r) => {
                     classify_deduction(r.status(), r.json::<Value>().await.unwrap_or(Value::Null))
                 }
@@ -114,13 +131,22 @@ impl StockClient {
 
     /// Did the stock-service record a deduction for `order_id`? `Some(true)` yes, `Some(false)`
     /// no, `None` when it cannot be asked.
+    #[tracing::instrument(name = "stock.has_deduction", skip(self))]
     pub async fn has_deduction(&self, sku: &str, order_id: &str) -> Option<bool> {
         let url = format!("{}/stock/{sku}/deductions/{order_id}", self.base);
         for attempt in 0..=self.retries {
             if attempt > 0 {
                 backoff(attempt).await;
             }
-            match self.http.get(&url).send().await {
+            match self
+                .send(
+                    self.http.get(&url),
+                    "GET",
+                    "/stock/{sku}/deductions/{order_id}",
+                    &url,
+                )
+                .await
+            {
                 Ok(r) if r.status() == StatusCode::OK => return Some(true),
                 Ok(r) if r.status() == StatusCode::NOT_FOUND => return Some(false),
                 _ => continue,
@@ -130,6 +156,7 @@ impl StockClient {
     }
 
     /// Put `order_id`'s stock back (idempotent).
+    #[tracing::instrument(name = "stock.release", skip(self))]
     pub async fn release(&self, sku: &str, order_id: &str) -> Released {
         let url = format!("{}/stock/{sku}/releases", self.base);
         let body = json!({"order_id": order_id});
@@ -138,7 +165,15 @@ impl StockClient {
             if attempt > 0 {
                 backoff(attempt).await;
             }
-            last = match self.http.post(&url).json(&body).send().await {
+            last = match self
+                .send(
+                    self.http.post(&url).json(&body),
+                    "POST",
+                    "/stock/{sku}/releases",
+                    &url,
+                )
+                .await
+            {
                 Ok(r) if r.status() == StatusCode::OK => return Released::Yes,
                 Ok(r) if r.status() == StatusCode::NOT_FOUND => {
                     let p: ProblemBody = r.json().await.unwrap_or(ProblemBody {
@@ -155,6 +190,60 @@ impl StockClient {
             };
         }
         last
+    }
+}
+
+impl StockClient {
+    /// Send one attempt in an HTTP client span (OpenTelemetry semantic attributes) whose trace
+    /// context goes with the request as `traceparent`.
+    async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+        method: &'static str,
+        template: &'static str,
+        url: &str,
+    ) -> reqwest::Result<reqwest::Response> {
+        let span = tracing::info_span!(
+            "stock-service call",
+            otel.name = format!("{method} {template}"),
+            otel.kind = "client",
+            otel.status_code = Empty,
+            http.request.method = method,
+            url.full = url,
+            url.template = template,
+            http.response.status_code = Empty,
+            error.type = Empty,
+        );
+        let mut headers = HeaderMap::new();
+        service_kit::telemetry::inject_span(&span, &mut headers);
+        let result = request
+            .headers(headers)
+            .send()
+            .instrument(span.clone())
+            .await;
+        match &result {
+            Ok(response) => {
+                span.record("http.response.status_code", response.status().as_u16());
+                if response.status().is_server_error() {
+                    span.record("otel.status_code", "ERROR");
+                    span.record("error.type", response.status().as_str());
+                }
+            }
+            Err(error) => {
+                span.record("otel.status_code", "ERROR");
+                span.record(
+                    "error.type",
+                    if error.is_timeout() {
+                        "timeout"
+                    } else if error.is_connect() {
+                        "connect"
+                    } else {
+                        "request"
+                    },
+                );
+            }
+        }
+        result
     }
 }
 

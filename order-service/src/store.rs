@@ -83,6 +83,7 @@ pub enum Claim {
 /// purchase limit in the same transaction (the `purchase_totals` row lock serializes one
 /// user's concurrent orders of one item).
 #[allow(clippy::too_many_arguments)]
+#[tracing::instrument(name = "db.transaction", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.operation.name = "TRANSACTION", order.operation = "claim"))]
 pub async fn claim(
     pool: &PgPool,
     user: &str,
@@ -242,6 +243,7 @@ pub struct StoredResponse {
 
 /// Finish a pending order (`reserved` with `pay_by`, or `rejected` with a reason) and store
 /// the response under its key, in one transaction. False if the order was not pending.
+#[tracing::instrument(name = "db.transaction", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.operation.name = "TRANSACTION", order.operation = "finish"))]
 pub async fn finish(
     pool: &PgPool,
     order_id: Uuid,
@@ -282,24 +284,27 @@ pub async fn finish(
     Ok(true)
 }
 
-/// Record the stored response of a key whose order was already final (limit rejections).
+/// Record the stored response of a key whose order was already final (limit rejections, orders
+/// the worker settled). `false` when the key already had a response: a concurrent request
+/// stored it first, and that one stands.
 pub async fn store_response(
     pool: &PgPool,
     order_id: Uuid,
     response: &StoredResponse,
-) -> sqlx::Result<()> {
-    sqlx::query("UPDATE idempotency_keys SET state = 'done', status = $2, body = $3, location = $4 WHERE order_id = $1")
+) -> sqlx::Result<bool> {
+    let done = sqlx::query("UPDATE idempotency_keys SET state = 'done', status = $2, body = $3, location = $4 WHERE order_id = $1 AND state <> 'done'")
         .bind(order_id)
         .bind(i32::from(response.status))
         .bind(&response.body)
         .bind(&response.location)
         .execute(pool)
         .await?;
-    Ok(())
+    Ok(done.rows_affected() == 1)
 }
 
 /// The stock-service certainly did not deduct and cannot now: reject the order and forget
 /// the key, so a retry with it starts afresh. Nothing is left half-done.
+#[tracing::instrument(name = "db.transaction", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.operation.name = "TRANSACTION", order.operation = "abandon"))]
 pub async fn abandon(pool: &PgPool, order_id: Uuid, reason: &str) -> sqlx::Result<()> {
     let mut tx = pool.begin().await?;
     let row = sqlx::query(
@@ -323,6 +328,7 @@ pub async fn abandon(pool: &PgPool, order_id: Uuid, reason: &str) -> sqlx::Resul
 
 /// Forget an order entirely (its request was invalid, e.g. an unknown item): the key, the
 /// order and its purchase total go, as if the request had never come.
+#[tracing::instrument(name = "db.transaction", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.operation.name = "TRANSACTION", order.operation = "discard"))]
 pub async fn discard(pool: &PgPool, order_id: Uuid) -> sqlx::Result<()> {
     let mut tx = pool.begin().await?;
     sqlx::query("DELETE FROM idempotency_keys WHERE order_id = $1")
@@ -396,6 +402,7 @@ pub async fn pay(pool: &PgPool, order_id: Uuid) -> sqlx::Result<bool> {
 }
 
 /// `reserved` -> `cancelled` (stock release still to do). True if it changed.
+#[tracing::instrument(name = "db.transaction", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.operation.name = "TRANSACTION", order.operation = "cancel"))]
 pub async fn cancel(pool: &PgPool, order_id: Uuid, reason: &str) -> sqlx::Result<bool> {
     let mut tx = pool.begin().await?;
     let row = sqlx::query(

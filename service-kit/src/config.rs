@@ -9,11 +9,17 @@
 //! fixed map. Tests use the map: in edition 2024 `std::env::set_var` is
 //! `unsafe` (and this workspace forbids `unsafe`), and mutating the process
 //! environment would race with parallel tests anyway.
+//!
+//! An [`Env`] remembers every name it was asked for ([`Env::names_read`]), so a
+//! test can load a service's configuration from, say, a compose file's
+//! `environment:` block and check that every variable set there is one the
+//! service actually reads.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt::Display;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::str::FromStr;
+use std::sync::{Arc, Mutex, PoisonError};
 
 /// Environment variable holding the socket address to listen on.
 pub const BIND_ADDR: &str = "BIND_ADDR";
@@ -46,15 +52,19 @@ pub enum ConfigError {
 ///
 /// Values are trimmed, and empty values count as unset (so `BIND_ADDR=` in a
 /// compose file falls back to the default instead of failing).
+///
+/// Every lookup is recorded, set or not; clones share the record, so
+/// [`Env::names_read`] on any clone lists what all of them were asked for.
 #[derive(Debug, Clone, Default)]
 pub struct Env {
     fixed: Option<HashMap<String, String>>,
+    read: Arc<Mutex<BTreeSet<String>>>,
 }
 
 impl Env {
     /// Reads from the process environment.
     pub fn process() -> Self {
-        Self { fixed: None }
+        Self::default()
     }
 
     /// Reads only from the given pairs; the process environment is ignored.
@@ -71,11 +81,25 @@ impl Env {
                     .map(|(k, v)| (k.into(), v.into()))
                     .collect(),
             ),
+            read: Arc::default(),
         }
+    }
+
+    /// Every name looked up so far (through any accessor, by this `Env` or a
+    /// clone of it), whether or not it was set.
+    pub fn names_read(&self) -> BTreeSet<String> {
+        self.read
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// The trimmed value of `name`, or `None` if it is unset or blank.
     pub fn raw(&self, name: &str) -> Result<Option<String>, ConfigError> {
+        self.read
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(name.to_owned());
         let value = match &self.fixed {
             Some(map) => map.get(name).cloned(),
             None => match std::env::var(name) {
@@ -174,5 +198,45 @@ impl ServiceConfig {
             bind_addr,
             body_limit_bytes,
         })
+    }
+}
+
+/// `url` with the password of its userinfo (`scheme://user:password@host`) replaced by `***`,
+/// for error messages and logs (database and Redis URLs carry
+/// passwords under compose).
+pub fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{scheme}://{user}:***@{host}{tail}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod redact_tests {
+    use super::redact_password;
+
+    #[test]
+    fn passwords_are_redacted_and_the_rest_kept() {
+        assert_eq!(
+            redact_password("postgres://postgres:s3cret@postgres:5432/seckill_stock"),
+            "postgres://postgres:***@postgres:5432/seckill_stock"
+        );
+        assert_eq!(
+            redact_password("postgres://postgres@127.0.0.1:5432/postgres"),
+            "postgres://postgres@127.0.0.1:5432/postgres"
+        );
+        assert_eq!(
+            redact_password("postgres://u:p@h/db?sslmode=disable&x=a@b"),
+            "postgres://u:***@h/db?sslmode=disable&x=a@b"
+        );
+        assert_eq!(redact_password("not a url"), "not a url");
     }
 }

@@ -7,10 +7,14 @@ use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{HeaderName, StatusCode, header};
 use axum::middleware::map_response;
 use axum::response::{IntoResponse, Response};
+use std::time::Duration;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::{DefaultOnResponse, TraceLayer};
-use tracing::Level;
+
+use axum::extract::MatchedPath;
+use tower_http::trace::TraceLayer;
+use tracing::Span;
+use tracing::field::Empty;
 
 use crate::problem::{PROBLEM_JSON, Problem};
 
@@ -21,8 +25,10 @@ pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 ///
 /// 1. `x-request-id`: kept if the client sent one, otherwise a UUIDv4 is
 ///    generated; it is echoed on the response.
-/// 2. A `tracing` span per request (`http` at INFO, with `method`, `uri` and
-///    `request_id`) plus an INFO event when the response is ready.
+/// 2. A `tracing` span per request ([`request_span`]: `http` at INFO, with `method`, `uri`,
+///    `request_id` and the OpenTelemetry HTTP server attributes), the child of the trace
+///    context of an incoming `traceparent` header, plus an INFO event when the response is
+///    ready (which also records the status on the span).
 /// 3. A request body limit of `body_limit_bytes`. Bodies announced larger via
 ///    `Content-Length` are refused up front, streamed bodies fail when they
 ///    cross the limit; both become `413` problem+json responses. axum's own
@@ -46,22 +52,62 @@ where
         .layer(PropagateRequestIdLayer::new(X_REQUEST_ID))
         .layer(
             TraceLayer::new_for_http()
-                .make_span_with(|request: &Request| {
-                    let request_id = request
-                        .headers()
-                        .get(X_REQUEST_ID)
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("-");
-                    tracing::info_span!(
-                        "http",
-                        method = %request.method(),
-                        uri = %request.uri(),
-                        request_id,
-                    )
-                })
-                .on_response(DefaultOnResponse::new().level(Level::INFO)),
+                .make_span_with(request_span)
+                .on_response(record_response),
         )
         .layer(SetRequestIdLayer::new(X_REQUEST_ID, MakeRequestUuid))
+}
+
+/// The span of one server request: named `http` for logs, `{method} {route}` (or `{method}`
+/// for unmatched paths) for OpenTelemetry, with the semantic-convention attributes
+/// `http.request.method`, `url.path`, `http.route` and (on response)
+/// `http.response.status_code`; its parent is the trace context of the request's
+/// `traceparent` header when it carries one (see [`crate::telemetry`]).
+pub fn request_span(request: &Request) -> Span {
+    let request_id = request
+        .headers()
+        .get(X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-");
+    let method = request.method();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(MatchedPath::as_str);
+    let name = match route {
+        Some(route) => format!("{method} {route}"),
+        None => method.to_string(),
+    };
+    let span = tracing::info_span!(
+        "http",
+        method = %method,
+        uri = %request.uri(),
+        request_id,
+        otel.name = name,
+        otel.kind = "server",
+        otel.status_code = Empty,
+        http.request.method = %method,
+        url.path = request.uri().path(),
+        http.route = route,
+        http.response.status_code = Empty,
+    );
+    crate::telemetry::set_parent_from_headers(&span, request.headers());
+    span
+}
+
+/// Records the status on the request span (an `ERROR` span status for 5xx) and logs the
+/// response at INFO.
+fn record_response<B>(response: &Response<B>, latency: Duration, span: &Span) {
+    let status = response.status().as_u16();
+    span.record("http.response.status_code", status);
+    if response.status().is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
+    tracing::info!(
+        status,
+        latency_ms = latency.as_secs_f64() * 1000.0,
+        "finished processing request"
+    );
 }
 
 /// Turns error responses that carry no problem body into problems:

@@ -8,13 +8,14 @@
 //!
 //! #[tokio::main]
 //! async fn main() -> anyhow::Result<()> {
-//!     telemetry::init()?;
+//!     let telemetry = telemetry::init(env!("CARGO_PKG_NAME"))?;
 //!     let config = ServiceConfig::from_env(8082)?;
 //!     let app = layers::with_common_layers(
 //!         health::router(env!("CARGO_PKG_NAME"), env!("CARGO_PKG_VERSION")),
 //!         config.body_limit_bytes,
 //!     );
 //!     server::serve(app, config.bind_addr, env!("CARGO_PKG_NAME")).await?;
+//!     telemetry.shutdown();
 //!     Ok(())
 //! }
 //! ```

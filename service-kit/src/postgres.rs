@@ -5,6 +5,8 @@ use std::time::Duration;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
+use crate::config::redact_password;
+
 /// Why the database could not be set up.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -12,7 +14,7 @@ pub enum DbError {
     /// No connection within the acquire timeout.
     #[error("cannot connect to PostgreSQL at {url}: {source}")]
     Connect {
-        /// The URL (as configured).
+        /// The URL, its password replaced by `***` (compose puts one in `DATABASE_URL`).
         url: String,
         /// The driver error.
         #[source]
@@ -36,7 +38,7 @@ pub async fn connect(
         .connect(url)
         .await
         .map_err(|source| DbError::Connect {
-            url: url.to_owned(),
+            url: redact_password(url),
             source,
         })?;
     migrator.run(&pool).await?;

@@ -96,7 +96,7 @@ fn invalid_log_settings_name_the_variable() {
     assert!(err.to_string().contains("RUST_LOG"), "{err}");
 
     // Checked before anything is installed, so this does not touch the global subscriber.
-    let err = telemetry::init_from(&Env::from_pairs([("LOG_FORMAT", "xml")])).unwrap_err();
+    let err = telemetry::init_from(&Env::from_pairs([("LOG_FORMAT", "xml")]), "test").unwrap_err();
     assert!(err.to_string().contains("LOG_FORMAT"), "{err}");
 }
 
@@ -104,4 +104,18 @@ fn invalid_log_settings_name_the_variable() {
 fn default_filter_is_info() {
     let filter = telemetry::env_filter(&Env::from_pairs::<_, &str, &str>([])).unwrap();
     assert_eq!(filter.to_string(), "info");
+}
+
+#[test]
+fn env_records_every_name_looked_up() {
+    let env = Env::from_pairs([("BIND_ADDR", "127.0.0.1:9000"), ("UNUSED", "x")]);
+    let clone = env.clone();
+    ServiceConfig::from_source(&clone, 8080).unwrap();
+    let read = env.names_read();
+    assert!(read.contains("BIND_ADDR"), "{read:?}");
+    assert!(
+        read.contains("BODY_LIMIT_BYTES"),
+        "unset names count too: {read:?}"
+    );
+    assert!(!read.contains("UNUSED"), "{read:?}");
 }

@@ -7,10 +7,12 @@ use rand::Rng;
 use rlock::{Lease, LockClient, LockError, LockGuard, MultiGuard, RedGuard, RedLock};
 use serde::Serialize;
 use sqlx::PgPool;
+use tracing::field::Empty;
+use tracing::{Instrument as _, Span};
 
 use crate::cache::StockCache;
 use crate::config::StockConfig;
-use crate::metrics::StockMetrics;
+use crate::metrics::{OversoldWatch, StockMetrics, lock_labels};
 use crate::store::{self, ItemStock, Movement, MovementKind, Part, SegmentRow, WriteGuard};
 use crate::strategy::Strategy;
 
@@ -198,6 +200,21 @@ pub struct Stock {
     pub config: StockConfig,
     /// Instruments.
     pub metrics: StockMetrics,
+    /// Items whose oversold gauge needs a fresh look.
+    pub oversold: OversoldWatch,
+}
+
+/// The span of one PostgreSQL transaction (`db.transaction`, OpenTelemetry database client
+/// attributes) doing `operation` (`deduct`, `release`, `reset`) on `sku`.
+pub(crate) fn db_span(operation: &'static str, sku: &str) -> Span {
+    tracing::info_span!(
+        "db.transaction",
+        otel.kind = "client",
+        db.system.name = "postgresql",
+        db.operation.name = "TRANSACTION",
+        stock.operation = operation,
+        stock.sku = sku,
+    )
 }
 
 /// Check a SKU: 1 to 64 characters of `A-Z a-z 0-9 . _ -`.
@@ -260,7 +277,9 @@ impl Stock {
                 "segments must be between 1 and {MAX_SEGMENTS}"
             )));
         }
-        let item = store::reset_item(&self.pool, sku, total, segments).await?;
+        let item = store::reset_item(&self.pool, sku, total, segments)
+            .instrument(db_span("reset", sku))
+            .await?;
         let values: Vec<(i32, i64)> = item
             .segments
             .iter()
@@ -268,6 +287,8 @@ impl Stock {
             .collect();
         self.cache.reset(sku, &values).await?;
         self.metrics.stock_level(&item);
+        // A new generation has sold nothing yet.
+        self.metrics.oversold(sku, 0);
         Ok(item)
     }
 
@@ -397,6 +418,7 @@ impl Stock {
     }
 
     async fn done(&self, sku: &str, movement: Movement, after: &[(i32, i64)]) -> StockChange {
+        self.oversold.touch(sku);
         self.cache.set_availability(sku, after).await;
         self.metrics.outcome(self.strategy(), "ok");
         self.metrics.segment_levels(sku, after);
@@ -451,7 +473,9 @@ impl Stock {
             return Err(StockError::ResetSince(sku.to_owned()));
         }
         let result = if self.strategy() == Strategy::RedisAtomic {
-            self.release_atomic(sku, &deduction).await?
+            self.release_atomic(sku, &deduction)
+                .instrument(db_span("release", sku))
+                .await?
         } else {
             let segments: Vec<i32> = deduction.parts.iter().map(|p| p.segment).collect();
             let op = Op::Release(deduction.parts.clone());
@@ -474,6 +498,7 @@ impl Stock {
                 Rmw::Insufficient(_) | Rmw::Rejected { .. } => return Err(StockError::Conflict),
             }
         };
+        self.oversold.touch(sku);
         self.cache.restocked(sku).await?;
         self.metrics.outcome(self.strategy(), "released");
         Ok(StockChange::from_movement(result, false))
@@ -493,13 +518,58 @@ impl Stock {
     ) -> Result<Rmw, StockError> {
         let mut conflicts = 0;
         let mut reseeded = false;
+        let operation = match op {
+            Op::Deduct(_) => "deduct",
+            Op::Release(_) => "release",
+        };
         loop {
             let held = self.lock(sku, segments).await?;
-            let outcome = self
-                .rmw(op, sku, generation, segments, order_id, &held)
-                .await;
-            let valid = held.still_valid();
-            held.release().await;
+            let locked = !matches!(held, Held::Nothing);
+            let hold_span = if locked {
+                tracing::info_span!(
+                    "lock.hold",
+                    strategy = self.strategy().as_str(),
+                    segment = self.lock_labels(segments).join(","),
+                )
+            } else {
+                Span::none()
+            };
+            let held_since = tokio::time::Instant::now();
+            let (outcome, valid) = async {
+                let mut row_locked = None;
+                let outcome = self
+                    .rmw(
+                        op,
+                        sku,
+                        generation,
+                        segments,
+                        order_id,
+                        &held,
+                        &mut row_locked,
+                    )
+                    .instrument(db_span(operation, sku))
+                    .await;
+                if let Some(since) = row_locked {
+                    // db-pessimistic: the row locks were held until the transaction ended.
+                    self.metrics.lock_hold(
+                        self.strategy(),
+                        &self.lock_labels(segments),
+                        since.elapsed(),
+                    );
+                }
+                let valid = held.still_valid();
+                held.release().await;
+                (outcome, valid)
+            }
+            .instrument(hold_span)
+            .await;
+            if locked {
+                self.metrics.lock_hold(
+                    self.strategy(),
+                    &self.lock_labels(segments),
+                    held_since.elapsed(),
+                );
+            }
             let (row, token) = match outcome? {
                 Rmw::Rejected { row, token } => (row, token),
                 other => return Ok(other),
@@ -559,17 +629,57 @@ impl Stock {
         Ok(())
     }
 
-    /// The strategy's locks for `segments`.
+    /// The `segment` labels of the strategy's lock(s) over `segments`.
+    fn lock_labels(&self, segments: &[i32]) -> Vec<String> {
+        lock_labels(self.strategy() == Strategy::RedisLock, segments)
+    }
+
+    /// The strategy's locks for `segments`, waited for in a `lock.wait` span and recorded in
+    /// `stock.lock.wait.duration`.
     async fn lock(&self, sku: &str, segments: &[i32]) -> Result<Held, StockError> {
+        let strategy = self.strategy();
+        if matches!(
+            strategy,
+            Strategy::Naive
+                | Strategy::DbPessimistic
+                | Strategy::DbOptimistic
+                | Strategy::RedisAtomic
+        ) {
+            return Ok(Held::Nothing);
+        }
+        let labels = self.lock_labels(segments);
+        let span = tracing::info_span!(
+            "lock.wait",
+            strategy = strategy.as_str(),
+            segment = labels.join(","),
+            acquired = Empty,
+        );
         let started = tokio::time::Instant::now();
+        let result = self
+            .acquire(sku, segments, started)
+            .instrument(span.clone())
+            .await;
+        if let Ok(held) = &result {
+            span.record("acquired", held.is_some());
+            self.metrics
+                .lock_wait(strategy, &labels, started.elapsed(), held.is_some());
+        }
+        result?.ok_or(StockError::LockTimeout)
+    }
+
+    /// Take the strategy's locks; `None` when the wait ran out.
+    async fn acquire(
+        &self,
+        sku: &str,
+        segments: &[i32],
+        started: tokio::time::Instant,
+    ) -> Result<Option<Held>, StockError> {
         let wait = self.config.lock_wait;
         let held = match self.strategy() {
             Strategy::Naive
             | Strategy::DbPessimistic
             | Strategy::DbOptimistic
-            | Strategy::RedisAtomic => {
-                return Ok(Held::Nothing);
-            }
+            | Strategy::RedisAtomic => Some(Held::Nothing),
             Strategy::RedisLock => {
                 let lock = self.locks.lock(&self.item_lock(sku))?;
                 lock.try_acquire(wait, self.lease()).await?.map(Held::One)
@@ -607,22 +717,22 @@ impl Stock {
                         Some(g) => guards.push(g),
                         None => {
                             Held::Red(guards).release().await;
-                            self.metrics
-                                .lock_wait(self.strategy(), started.elapsed(), false);
-                            return Err(StockError::LockTimeout);
+                            return Ok(None);
                         }
                     }
                 }
                 Some(Held::Red(guards))
             }
         };
-        self.metrics
-            .lock_wait(self.strategy(), started.elapsed(), held.is_some());
-        held.ok_or(StockError::LockTimeout)
+        Ok(held)
     }
 
     /// Read the segments, plan the change, write every touched segment under the strategy's
-    /// guard and record the movement, in one transaction.
+    /// guard and record the movement, in one transaction. db-pessimistic: the wait for the
+    /// row locks (`SELECT … FOR UPDATE`) is a `lock.wait` span and a lock-wait observation,
+    /// and `row_locked` is set to when they were granted (they are held until the
+    /// transaction ends, when this returns).
+    #[allow(clippy::too_many_arguments)]
     async fn rmw(
         &self,
         op: &Op,
@@ -631,12 +741,30 @@ impl Stock {
         segments: &[i32],
         order_id: &str,
         held: &Held,
+        row_locked: &mut Option<tokio::time::Instant>,
     ) -> Result<Rmw, StockError> {
         let strategy = self.strategy();
         let mut tx = self.pool.begin().await?;
-        let rows =
-            store::read_segments(&mut tx, sku, segments, strategy == Strategy::DbPessimistic)
+        let rows = if strategy == Strategy::DbPessimistic {
+            let labels = self.lock_labels(segments);
+            let span = tracing::info_span!(
+                "lock.wait",
+                strategy = strategy.as_str(),
+                segment = labels.join(","),
+                acquired = true,
+                lock.kind = "row",
+            );
+            let started = tokio::time::Instant::now();
+            let rows = store::read_segments(&mut tx, sku, segments, true)
+                .instrument(span)
                 .await?;
+            *row_locked = Some(tokio::time::Instant::now());
+            self.metrics
+                .lock_wait(strategy, &labels, started.elapsed(), true);
+            rows
+        } else {
+            store::read_segments(&mut tx, sku, segments, false).await?
+        };
         let seen: Vec<(i32, i64)> = rows.iter().map(|r| (r.segment, r.available)).collect();
         let (kind, parts, sign) = match op {
             Op::Deduct(qty) => match plan_deduction(&rows, *qty) {
@@ -731,7 +859,10 @@ impl Stock {
             if !self.config.rmw_delay.is_zero() {
                 tokio::time::sleep(self.config.rmw_delay).await;
             }
-            let outcome = self.write_atomic(sku, order_id, generation, &parts).await;
+            let outcome = self
+                .write_atomic(sku, order_id, generation, &parts)
+                .instrument(db_span("deduct", sku))
+                .await;
             if let Ok(Rmw::Done { movement, after }) = outcome {
                 return Ok(self.done(sku, movement, &after).await);
             }

@@ -30,6 +30,9 @@ pub const SERVICE_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Port listened on when `BIND_ADDR` is not set.
 pub const DEFAULT_PORT: u16 = StockConfig::DEFAULT_PORT;
 
+/// How often the oversold gauge of recently changed items is recomputed from the database.
+pub const OVERSOLD_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Connect to PostgreSQL (applying migrations) and Redis, and build the engine.
 pub async fn connect(config: StockConfig) -> anyhow::Result<Stock> {
     let pool = service_kit::postgres::connect(
@@ -40,7 +43,12 @@ pub async fn connect(config: StockConfig) -> anyhow::Result<Stock> {
     .await?;
     let locks = LockClient::connect(&config.redis_url, LockConfig::default())
         .await
-        .with_context(|| format!("cannot connect to Redis at {}", config.redis_url))?;
+        .with_context(|| {
+            format!(
+                "cannot connect to Redis at {}",
+                service_kit::config::redact_password(&config.redis_url)
+            )
+        })?;
     let redlock = if config.redlock_urls.is_empty() {
         None
     } else {
@@ -58,6 +66,8 @@ pub async fn connect(config: StockConfig) -> anyhow::Result<Stock> {
     .await
     .context("cannot subscribe to stock events")?;
     let metrics = metrics::StockMetrics::new(&opentelemetry::global::meter("stock-service"));
+    let oversold = metrics::OversoldWatch::default();
+    oversold.spawn(pool.clone(), metrics.clone(), OVERSOLD_CHECK_INTERVAL);
     Ok(Stock {
         pool,
         locks,
@@ -65,6 +75,7 @@ pub async fn connect(config: StockConfig) -> anyhow::Result<Stock> {
         cache,
         config,
         metrics,
+        oversold,
     })
 }
 

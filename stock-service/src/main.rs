@@ -8,7 +8,7 @@ use stock_service::{SERVICE_NAME, SERVICE_VERSION, StockConfig, app, connect};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    telemetry::init().context("failed to initialise telemetry")?;
+    let telemetry = telemetry::init(SERVICE_NAME).context("failed to initialise telemetry")?;
     let metrics = Metrics::install(SERVICE_NAME)?;
     let config = StockConfig::from_env().context("invalid configuration")?;
     tracing::info!(service = SERVICE_NAME, version = SERVICE_VERSION, strategy = %config.strategy, "starting");
@@ -16,5 +16,7 @@ async fn main() -> anyhow::Result<()> {
     let stock = connect(config).await?;
     server::serve(app(stock).merge(metrics.router()), addr, SERVICE_NAME).await?;
     metrics.shutdown();
+    // Flush the spans still queued for export.
+    telemetry.shutdown();
     Ok(())
 }

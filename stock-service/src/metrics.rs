@@ -1,6 +1,10 @@
 //! The stock-service's instruments (OpenTelemetry meter API; the binary installs the
-//! exporter).
+//! exporter), and the oversold watch that keeps `stock.oversold.units` current.
+//!
+//! docs/telemetry.md lists every instrument with its Prometheus name and labels.
 
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use opentelemetry::KeyValue;
@@ -14,6 +18,7 @@ use crate::strategy::Strategy;
 pub struct StockMetrics {
     outcomes: Counter<u64>,
     lock_wait: Histogram<f64>,
+    lock_hold: Histogram<f64>,
     fence_rejections: Counter<u64>,
     fence_reseeds: Counter<u64>,
     sold_out_fast: Counter<u64>,
@@ -21,6 +26,7 @@ pub struct StockMetrics {
     atomic_drift: Counter<u64>,
     counters_reseeded: Counter<u64>,
     available: Gauge<i64>,
+    oversold: Gauge<i64>,
 }
 
 impl StockMetrics {
@@ -34,7 +40,18 @@ impl StockMetrics {
             lock_wait: meter
                 .f64_histogram("stock.lock.wait.duration")
                 .with_unit("s")
-                .with_description("Time to take the strategy's lock(s) for one critical section")
+                .with_description(
+                    "Time to take the strategy's lock(s) for one critical section, by segment \
+                     (`all` for one lock over the whole item); db-pessimistic: the row locks",
+                )
+                .with_boundaries(rlock::metrics::duration_buckets())
+                .build(),
+            lock_hold: meter
+                .f64_histogram("stock.lock.hold.duration")
+                .with_unit("s")
+                .with_description(
+                    "Time the strategy's lock(s) were held, from acquired to released, by segment",
+                )
                 .with_boundaries(rlock::metrics::duration_buckets())
                 .build(),
             fence_rejections: meter
@@ -69,6 +86,13 @@ impl StockMetrics {
                 .i64_gauge("stock.available")
                 .with_description("Units left per item and segment")
                 .build(),
+            oversold: meter
+                .i64_gauge("stock.oversold.units")
+                .with_description(
+                    "Units sold beyond the item's stock in its current generation (ledger \
+                     deducted - released - initial, at least 0); anything but 0 is a bug",
+                )
+                .build(),
         }
     }
 
@@ -82,14 +106,43 @@ impl StockMetrics {
         );
     }
 
-    pub(crate) fn lock_wait(&self, strategy: Strategy, waited: Duration, acquired: bool) {
-        self.lock_wait.record(
-            waited.as_secs_f64(),
-            &[
-                KeyValue::new("strategy", strategy.as_str()),
-                KeyValue::new("acquired", acquired),
-            ],
-        );
+    /// One lock wait: an observation per segment label (`segments` are the labels a
+    /// [`lock_labels`] call gave).
+    pub(crate) fn lock_wait(
+        &self,
+        strategy: Strategy,
+        segments: &[String],
+        waited: Duration,
+        acquired: bool,
+    ) {
+        for segment in segments {
+            self.lock_wait.record(
+                waited.as_secs_f64(),
+                &[
+                    KeyValue::new("strategy", strategy.as_str()),
+                    KeyValue::new("segment", segment.clone()),
+                    KeyValue::new("acquired", acquired),
+                ],
+            );
+        }
+    }
+
+    /// One critical section's hold time, an observation per segment label.
+    pub(crate) fn lock_hold(&self, strategy: Strategy, segments: &[String], held: Duration) {
+        for segment in segments {
+            self.lock_hold.record(
+                held.as_secs_f64(),
+                &[
+                    KeyValue::new("strategy", strategy.as_str()),
+                    KeyValue::new("segment", segment.clone()),
+                ],
+            );
+        }
+    }
+
+    pub(crate) fn oversold(&self, sku: &str, units: i64) {
+        self.oversold
+            .record(units.max(0), &[KeyValue::new("sku", sku.to_owned())]);
     }
 
     pub(crate) fn fence_rejected(&self, strategy: Strategy) {
@@ -136,5 +189,69 @@ impl StockMetrics {
             .map(|s| (s.segment, s.available))
             .collect();
         self.segment_levels(&item.sku, &values);
+    }
+}
+
+/// The `segment` label values of a lock over `segments`: `all` when one lock covers the whole
+/// item (`item_wide`, or no segment list), else each segment's number.
+pub(crate) fn lock_labels(item_wide: bool, segments: &[i32]) -> Vec<String> {
+    if item_wide || segments.is_empty() {
+        vec!["all".to_owned()]
+    } else {
+        segments.iter().map(i32::to_string).collect()
+    }
+}
+
+/// Items whose books changed since the last check; a background task recomputes their
+/// `stock.oversold.units` from the database every interval.
+#[derive(Debug, Clone, Default)]
+pub struct OversoldWatch {
+    touched: Arc<Mutex<HashSet<String>>>,
+}
+
+impl OversoldWatch {
+    /// Note that `sku`'s ledger or segments changed.
+    pub(crate) fn touch(&self, sku: &str) {
+        let mut touched = self.touched.lock().unwrap_or_else(PoisonError::into_inner);
+        if !touched.contains(sku) {
+            touched.insert(sku.to_owned());
+        }
+    }
+
+    /// Start the background check (every `interval`); it stops when every clone of this
+    /// watch is dropped.
+    pub(crate) fn spawn(
+        &self,
+        pool: sqlx::PgPool,
+        metrics: StockMetrics,
+        interval: Duration,
+    ) -> tokio::task::JoinHandle<()> {
+        let touched = Arc::downgrade(&self.touched);
+        tokio::spawn(watch_oversold(touched, pool, metrics, interval))
+    }
+}
+
+async fn watch_oversold(
+    touched: Weak<Mutex<HashSet<String>>>,
+    pool: sqlx::PgPool,
+    metrics: StockMetrics,
+    interval: Duration,
+) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let Some(touched) = touched.upgrade() else {
+            return;
+        };
+        let skus = std::mem::take(&mut *touched.lock().unwrap_or_else(PoisonError::into_inner));
+        drop(touched);
+        for sku in skus {
+            match crate::store::oversold(&pool, &sku).await {
+                Ok(Some(units)) => metrics.oversold(&sku, units),
+                Ok(None) => {}
+                Err(error) => tracing::debug!(%sku, %error, "oversold check failed"),
+            }
+        }
     }
 }

@@ -383,6 +383,24 @@ pub async fn max_fence(
     .await
 }
 
+/// Units sold beyond the item's stock in its current generation: ledger deducted − released −
+/// initial, at least 0 (`None` for an unknown item). One indexed aggregate; the oversold
+/// gauge's background check runs it for recently changed items.
+pub async fn oversold(pool: &PgPool, sku: &str) -> sqlx::Result<Option<i64>> {
+    let row: Option<(i64,)> = sqlx::query_as(
+        "SELECT (COALESCE((SELECT SUM(CASE WHEN m.kind = 'deduct' THEN m.qty ELSE -m.qty END)
+                           FROM stock_movements m
+                           WHERE m.sku = i.sku AND m.generation = i.generation), 0)
+                 - COALESCE((SELECT SUM(s.initial) FROM stock_segments s WHERE s.sku = i.sku), 0)
+                )::bigint
+         FROM items i WHERE i.sku = $1",
+    )
+    .bind(sku)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|(units,)| units.max(0)))
+}
+
 /// Result of an audit: do the books balance?
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Audit {

@@ -74,12 +74,18 @@ fn pick_url(value: Option<String>, default: &str) -> String {
 /// if it does not exist yet. Several test processes may race to create it; that is fine.
 /// `name` must be a plain identifier (letters, digits, `_`).
 pub async fn database(name: &str) -> anyhow::Result<String> {
+    database_on(&database_url(), name).await
+}
+
+/// URL of a database named `name` on the PostgreSQL server at `admin` (any database URL
+/// of that server with rights to create databases), created if it does not exist yet.
+/// `name` must be a plain identifier (letters, digits, `_`).
+pub async fn database_on(admin: &str, name: &str) -> anyhow::Result<String> {
     anyhow::ensure!(
         !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'),
         "database name {name:?} must be letters, digits and '_'"
     );
-    let admin = database_url();
-    let pool = sqlx::PgPool::connect(&admin)
+    let pool = sqlx::PgPool::connect(admin)
         .await
         .with_context(|| format!("cannot connect to the test PostgreSQL at {admin}"))?;
     let exists: bool =
@@ -94,7 +100,7 @@ pub async fn database(name: &str) -> anyhow::Result<String> {
             .await;
     }
     pool.close().await;
-    let base = admin.split('?').next().unwrap_or(&admin);
+    let base = admin.split('?').next().unwrap_or(admin);
     let base = base.rsplit_once('/').map_or(base, |(b, _)| b);
     Ok(format!("{base}/{name}"))
 }

@@ -5,9 +5,13 @@
 //! cargo, Ctrl-C handling) lives here.
 
 mod bench;
+mod browser;
+mod demo;
 mod outcome;
 mod services;
+mod shop;
 mod test;
+mod up;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -38,6 +42,12 @@ enum Cmd {
     /// Run a benchmark (`lock`, `strategies` or `all`) against the same Redis and
     /// PostgreSQL `test` would use.
     Bench(bench::BenchArgs),
+    /// Run the shop as native processes (2 stock-services, 2 order-services, the
+    /// gateway) on local or throwaway Redis and PostgreSQL until Ctrl-C.
+    Up(up::UpArgs),
+    /// `up`, then a flash sale with the goose load test, the audit and its verdict; the
+    /// shop stays up for the dashboard until Ctrl-C (or `--no-wait`).
+    Demo(demo::DemoArgs),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +55,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Cmd::Test(args) => test::run(&args),
         Cmd::Bench(args) => bench::run(&args),
+        Cmd::Up(args) => up::run(&args),
+        Cmd::Demo(args) => demo::run(&args),
     };
     match result {
         Ok(code) => code,

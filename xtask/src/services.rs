@@ -275,7 +275,7 @@ fn postgres_host_port(url: &str) -> Option<(String, u16)> {
 }
 
 /// `url` with the password (if any) replaced by `***`, for printing.
-fn redact(url: &str) -> String {
+pub fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };

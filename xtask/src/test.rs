@@ -63,6 +63,12 @@ fn run_steps(args: &TestArgs, services: &Services) -> anyhow::Result<Vec<(String
     }
     runner.args(&args.runner_args);
     services.export(&mut runner);
+    if packages.is_empty() || packages.iter().any(|p| p == "gateway") {
+        // The gateway's dashboard is tested in a real headless Chromium.
+        let chromium = crate::browser::chromium()?;
+        println!("chromium: {}", chromium.display());
+        runner.env(crate::browser::CHROMIUM_ENV, chromium);
+    }
     steps.push((name.to_owned(), run_step(runner)?));
 
     if nextest {

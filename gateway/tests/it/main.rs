@@ -8,6 +8,7 @@ mod upstreams;
 mod auth;
 mod balancing;
 mod canary;
+mod dashboard;
 mod headers;
 mod limits;
 mod metrics;

@@ -18,7 +18,8 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
 
-/// How an upstream answers (`/healthz` always answers 200 and is not counted).
+/// How an upstream answers (`/healthz` and `/metrics`, which the gateway's health checks and
+/// dashboard sampler call in the background, always answer 200 and are not counted).
 #[derive(Debug, Clone)]
 pub enum Mode {
     /// 200 with a JSON echo of the request.
@@ -149,6 +150,13 @@ async fn handle(state: Arc<State>, request: Request<Incoming>) -> Answer {
         .map_or_else(|| "/".to_owned(), |pq| pq.as_str().to_owned());
     if path == "/healthz" {
         return Ok(json_response(StatusCode::OK, &json!({"status": "ok"})));
+    }
+    if path == "/metrics" {
+        let text = format!(
+            "# TYPE test_upstream_up gauge\ntest_upstream_up{{name=\"{}\"}} 1\n",
+            state.name
+        );
+        return Ok(Response::new(Full::new(Bytes::from(text))));
     }
     let n = state.hits.fetch_add(1, Ordering::SeqCst);
     let seen = Seen {

@@ -1,0 +1,454 @@
+//! The shop as native processes: two stock-service and two order-service instances
+//! behind the gateway, on the Redis and PostgreSQL that [`Services`] found or started.
+//! The same topology as `compose.yaml`, without Docker (`cargo xtask up`, `demo`,
+//! `bench shop`).
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+
+use crate::services::Services;
+
+/// How long a service may take to answer `/healthz` after it was started (it applies
+/// its migrations first).
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a service may take to exit after SIGTERM before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Cargo profile the binaries are built with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    /// `dev`: quick to build, shares artifacts with the tests.
+    Debug,
+    /// `release`: what throughput figures are measured with.
+    Release,
+}
+
+impl Profile {
+    /// The name printed to users.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Profile::Debug => "debug",
+            Profile::Release => "release",
+        }
+    }
+}
+
+/// Builds `packages` and returns the path of every binary they produced, by name.
+pub fn build(profile: Profile, packages: &[&str]) -> anyhow::Result<BTreeMap<String, PathBuf>> {
+    let mut cmd = crate::cargo()?;
+    cmd.args(["build", "--message-format=json-render-diagnostics"]);
+    if profile == Profile::Release {
+        cmd.arg("--release");
+    }
+    for package in packages {
+        cmd.args(["-p", package]);
+    }
+    cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
+    let mut child = cmd.spawn().context("running cargo build")?;
+    let stdout = child.stdout.take().context("cargo build has no stdout")?;
+    let mut binaries = BTreeMap::new();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.context("reading cargo build's output")?;
+        let Ok(message) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        if message["reason"] != "compiler-artifact" {
+            continue;
+        }
+        let (Some(name), Some(exe)) = (
+            message["target"]["name"].as_str(),
+            message["executable"].as_str(),
+        ) else {
+            continue;
+        };
+        binaries.insert(name.to_owned(), PathBuf::from(exe));
+    }
+    let status = child.wait().context("waiting for cargo build")?;
+    if !status.success() {
+        bail!("cargo build failed ({status})");
+    }
+    Ok(binaries)
+}
+
+/// How to run the shop.
+#[derive(Debug, Clone)]
+pub struct ShopOptions {
+    /// Port of the gateway on 127.0.0.1 (0: any free port).
+    pub gateway_port: u16,
+    /// Instances of the stock-service and of the order-service (each).
+    pub instances: usize,
+    /// `STOCK_STRATEGY` of every stock-service instance.
+    pub strategy: String,
+    /// Extra environment of every stock-service instance (`RMW_DELAY_MS`, `REDLOCK_URLS`, ...).
+    pub stock_env: Vec<(String, String)>,
+    /// Extra environment of every order-service instance.
+    pub order_env: Vec<(String, String)>,
+    /// Whether the gateway's rate limits stay on (off for benchmarks, which measure the
+    /// strategies, not the limiter).
+    pub rate_limits: bool,
+    /// Password of the `admin` login.
+    pub admin_password: String,
+    /// Suffix of the two databases (`seckill_<suffix>_stock`, `seckill_<suffix>_orders`)
+    /// and the Redis key prefix, so that `up`, `demo` and `bench` do not share state.
+    pub name: String,
+    /// Directory for the gateway configuration and the services' logs.
+    pub run_dir: PathBuf,
+    /// `RUST_LOG` of the services.
+    pub log_filter: String,
+}
+
+/// Where the running shop answers.
+#[derive(Debug, Clone)]
+pub struct ShopUrls {
+    /// The gateway: the only entry point for clients.
+    pub gateway: String,
+    /// The gateway's Prometheus endpoint (`METRICS_ADDR`).
+    pub gateway_metrics: String,
+    /// Base URL of each stock-service instance (each serves `/metrics`).
+    pub stock: Vec<String>,
+    /// Base URL of each order-service instance (each serves `/metrics`).
+    pub orders: Vec<String>,
+}
+
+impl ShopUrls {
+    /// Every service's `/metrics` URL, stock-service instances first.
+    pub fn metrics(&self) -> Vec<String> {
+        self.stock
+            .iter()
+            .chain(&self.orders)
+            .map(|u| format!("{u}/metrics"))
+            .chain([self.gateway_metrics.clone()])
+            .collect()
+    }
+}
+
+/// One child process of the shop.
+struct Proc {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+/// The running shop; [`Shop::stop`] (or dropping it) stops every process it started.
+pub struct Shop {
+    procs: Vec<Proc>,
+    /// Where it answers.
+    pub urls: ShopUrls,
+    /// Directory of the logs.
+    pub log_dir: PathBuf,
+    /// The two databases, for the printout.
+    pub databases: [String; 2],
+}
+
+impl Shop {
+    /// Starts the stock-services, the order-services and then the gateway, each once the
+    /// previous ones answer `/healthz`. `binaries` comes from [`build`].
+    pub fn start(
+        services: &Services,
+        binaries: &BTreeMap<String, PathBuf>,
+        options: &ShopOptions,
+    ) -> anyhow::Result<Shop> {
+        let bin = |name: &str| {
+            binaries
+                .get(name)
+                .cloned()
+                .with_context(|| format!("cargo build produced no `{name}` binary"))
+        };
+        let (stock_bin, order_bin, gateway_bin) = (
+            bin("stock-service")?,
+            bin("order-service")?,
+            bin("gateway")?,
+        );
+
+        let stock_db = create_database(
+            &services.database_url,
+            &format!("seckill_{}_stock", options.name),
+        )?;
+        let orders_db = create_database(
+            &services.database_url,
+            &format!("seckill_{}_orders", options.name),
+        )?;
+        let log_dir = options.run_dir.join("logs");
+        fs::create_dir_all(&log_dir).with_context(|| format!("creating {}", log_dir.display()))?;
+
+        let mut shop = Shop {
+            procs: Vec::new(),
+            urls: ShopUrls {
+                gateway: String::new(),
+                gateway_metrics: String::new(),
+                stock: Vec::new(),
+                orders: Vec::new(),
+            },
+            log_dir: log_dir.clone(),
+            databases: [redact_db(&stock_db), redact_db(&orders_db)],
+        };
+        let key_prefix = format!("shop-{}", options.name);
+        let common = |cmd: &mut Command, port: u16| {
+            cmd.env("BIND_ADDR", format!("127.0.0.1:{port}"))
+                .env("RUST_LOG", &options.log_filter)
+                .env("REDIS_URL", &services.redis_url)
+                .env("STOCK_KEY_PREFIX", &key_prefix);
+        };
+
+        for i in 1..=options.instances {
+            let port = testkit::free_port()?;
+            let mut cmd = Command::new(&stock_bin);
+            common(&mut cmd, port);
+            cmd.env("DATABASE_URL", &stock_db)
+                .env("STOCK_STRATEGY", &options.strategy)
+                .envs(options.stock_env.iter().map(|(k, v)| (k, v)));
+            let url = format!("http://127.0.0.1:{port}");
+            shop.spawn(&format!("stock-service-{i}"), cmd, &url)?;
+            shop.urls.stock.push(url);
+        }
+        for i in 1..=options.instances {
+            let port = testkit::free_port()?;
+            let mut cmd = Command::new(&order_bin);
+            common(&mut cmd, port);
+            // Order-service i talks to stock-service i; the gateway spreads the orders over
+            // the order-services, so both stock-services contend for the same locks.
+            let stock = &shop.urls.stock[(i - 1) % shop.urls.stock.len()];
+            cmd.env("DATABASE_URL", &orders_db)
+                .env("STOCK_URL", stock)
+                .envs(options.order_env.iter().map(|(k, v)| (k, v)));
+            let url = format!("http://127.0.0.1:{port}");
+            shop.spawn(&format!("order-service-{i}"), cmd, &url)?;
+            shop.urls.orders.push(url);
+        }
+
+        let port = match options.gateway_port {
+            0 => testkit::free_port()?,
+            p => p,
+        };
+        let metrics_port = testkit::free_port()?;
+        let config = options.run_dir.join("gateway.toml");
+        fs::write(&config, gateway_config(&shop.urls, options.rate_limits)?)
+            .with_context(|| format!("writing {}", config.display()))?;
+        let mut cmd = Command::new(&gateway_bin);
+        cmd.env("BIND_ADDR", format!("127.0.0.1:{port}"))
+            .env("METRICS_ADDR", format!("127.0.0.1:{metrics_port}"))
+            .env("GATEWAY_CONFIG", &config)
+            .env("ADMIN_PASSWORD", &options.admin_password)
+            .env("JWT_SECRET", random_secret())
+            .env("RUST_LOG", &options.log_filter);
+        let url = format!("http://127.0.0.1:{port}");
+        shop.spawn("gateway", cmd, &url)?;
+        shop.urls.gateway = url;
+        shop.urls.gateway_metrics = format!("http://127.0.0.1:{metrics_port}/metrics");
+        Ok(shop)
+    }
+
+    /// Starts one process with its output in `<log_dir>/<name>.log` and waits until
+    /// `<url>/healthz` answers 200.
+    fn spawn(&mut self, name: &str, mut cmd: Command, url: &str) -> anyhow::Result<()> {
+        let log = self.log_dir.join(format!("{name}.log"));
+        let file = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let err = file.try_clone().context("duplicating a log file handle")?;
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::from(file))
+            .stderr(Stdio::from(err));
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {name} ({:?})", cmd.get_program()))?;
+        self.procs.push(Proc {
+            name: name.to_owned(),
+            child,
+            log,
+        });
+        let health = format!("{url}/healthz");
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if http_status(&health) == Some(200) {
+                return Ok(());
+            }
+            if let Some(dead) = self.first_exited() {
+                bail!("{dead}");
+            }
+            if crate::interrupted() {
+                bail!("interrupted while starting {name}");
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{name} did not answer {health} within {}s; its log:\n{}",
+                    START_TIMEOUT.as_secs(),
+                    tail(&self.procs[self.procs.len() - 1].log)
+                );
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// A description (with the end of its log) of the first process that has exited.
+    pub fn first_exited(&mut self) -> Option<String> {
+        for proc in &mut self.procs {
+            if let Ok(Some(status)) = proc.child.try_wait() {
+                return Some(format!(
+                    "{} exited ({status}); the end of {}:\n{}",
+                    proc.name,
+                    proc.log.display(),
+                    tail(&proc.log)
+                ));
+            }
+        }
+        None
+    }
+
+    /// The names and pids of the running processes, in start order.
+    pub fn pids(&self) -> Vec<(String, u32)> {
+        self.procs
+            .iter()
+            .map(|p| (p.name.clone(), p.child.id()))
+            .collect()
+    }
+
+    /// Stops every process: SIGTERM in reverse start order (gateway first), then waits;
+    /// whatever is still running after [`STOP_TIMEOUT`] is killed.
+    pub fn stop(mut self) {
+        self.stop_all();
+    }
+
+    fn stop_all(&mut self) {
+        for proc in self.procs.iter_mut().rev() {
+            if matches!(proc.child.try_wait(), Ok(None)) {
+                // Our own child, by pid: SIGTERM lets it drain and flush telemetry.
+                let _ = Command::new("kill")
+                    .args(["-TERM", &proc.child.id().to_string()])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        for proc in self.procs.iter_mut().rev() {
+            loop {
+                match proc.child.try_wait() {
+                    Ok(Some(_)) | Err(_) => break,
+                    Ok(None) if Instant::now() > deadline => {
+                        eprintln!("xtask: {} did not stop; killing it", proc.name);
+                        let _ = proc.child.kill();
+                        let _ = proc.child.wait();
+                        break;
+                    }
+                    Ok(None) => thread::sleep(Duration::from_millis(50)),
+                }
+            }
+        }
+        self.procs.clear();
+    }
+}
+
+impl Drop for Shop {
+    fn drop(&mut self) {
+        self.stop_all();
+    }
+}
+
+/// The gateway configuration for the shop: the built-in example with the pools pointed
+/// at the instances (and the rate limits off when asked).
+fn gateway_config(urls: &ShopUrls, rate_limits: bool) -> anyhow::Result<String> {
+    let example = include_str!("../../gateway/gateway.example.toml");
+    let mut config: toml::Table =
+        toml::from_str(example).context("parsing gateway.example.toml")?;
+    let pools = config
+        .get_mut("pools")
+        .and_then(toml::Value::as_table_mut)
+        .context("gateway.example.toml has no [pools]")?;
+    let list =
+        |v: &[String]| toml::Value::Array(v.iter().cloned().map(toml::Value::from).collect());
+    pools.insert("orders".into(), list(&urls.orders));
+    pools.insert("stock".into(), list(&urls.stock));
+    if !rate_limits {
+        let limits = config
+            .get_mut("rate_limit")
+            .and_then(toml::Value::as_table_mut)
+            .context("gateway.example.toml has no [rate_limit]")?;
+        limits.insert("per_user_per_second".into(), 0.into());
+        limits.insert("global_per_second".into(), 0.into());
+    }
+    Ok(format!(
+        "# Written by cargo xtask for this run (from gateway/gateway.example.toml).\n{}",
+        toml::to_string(&config).context("writing the gateway configuration")?
+    ))
+}
+
+/// Creates (if missing) database `name` on the server of `admin_url`; returns its URL.
+fn create_database(admin_url: &str, name: &str) -> anyhow::Result<String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting a tokio runtime")?
+        .block_on(testkit::database_on(admin_url, name))
+}
+
+/// A database URL without its password, for printing.
+fn redact_db(url: &str) -> String {
+    crate::services::redact(url)
+}
+
+/// 32 random bytes as hex: a fresh JWT secret per run.
+fn random_secret() -> String {
+    let bytes: [u8; 32] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The HTTP status of `GET url`, or `None` when nothing answers.
+pub fn http_status(url: &str) -> Option<u16> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(2)))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    agent.get(url).call().ok().map(|r| r.status().as_u16())
+}
+
+/// The JSON body of `GET url` when it answers 2xx, else `None`.
+pub fn http_json(url: &str) -> Option<serde_json::Value> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(2)))
+        .build()
+        .into();
+    let mut response = agent.get(url).call().ok()?;
+    let text = response.body_mut().read_to_string().ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// The last lines of a log file.
+pub fn tail(path: &Path) -> String {
+    let Ok(text) = fs::read_to_string(path) else {
+        return format!("(cannot read {})", path.display());
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gateway_config_points_the_pools_at_the_instances() {
+        let urls = ShopUrls {
+            gateway: String::new(),
+            gateway_metrics: String::new(),
+            stock: vec!["http://127.0.0.1:1".into(), "http://127.0.0.1:2".into()],
+            orders: vec!["http://127.0.0.1:3".into()],
+        };
+        let text = gateway_config(&urls, false).unwrap();
+        let config: toml::Table = toml::from_str(&text).unwrap();
+        let pools = config["pools"].as_table().unwrap();
+        assert_eq!(pools["stock"].as_array().unwrap().len(), 2);
+        assert_eq!(pools["orders"][0].as_str(), Some("http://127.0.0.1:3"));
+        assert_eq!(
+            config["rate_limit"]["global_per_second"].as_integer(),
+            Some(0)
+        );
+        assert!(config.get("routes").is_some(), "routes kept");
+    }
+}

@@ -1,0 +1,3 @@
+//! Shared by the integration tests of xtask (`mod support;`).
+
+pub mod metrics;
