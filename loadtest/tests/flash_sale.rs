@@ -104,6 +104,14 @@ async fn segmented_sells_exactly_the_stock_and_the_verdict_passes() {
     let m = &s["service_metrics"];
     assert!(m["lock_waits"].as_u64().unwrap() > 0, "{m}");
     assert!(s["lock_wait_p99_ms"].as_f64().is_some(), "{m}");
+    assert!(
+        !m["lock_wait_p99_ms_by_segment"]
+            .as_object()
+            .unwrap()
+            .is_empty(),
+        "{m}"
+    );
+    assert_eq!(m["oversold_gauge"], 0.0, "{m}");
     // The run's parameters are recorded, the password is not.
     assert_eq!(s["parameters"]["stock"], 30);
     assert_eq!(s["parameters"]["segments"], 4);
@@ -149,6 +157,9 @@ async fn naive_with_a_read_write_window_oversells_and_the_verdict_fails() {
     let held =
         orders["reserved"]["qty"].as_i64().unwrap() + orders["paid"]["qty"].as_i64().unwrap();
     assert!(held > 20, "{}", s["order_audit"]);
+    // The stock-service's own oversold gauge (checked every second) saw it too.
+    let gauge = s["service_metrics"]["oversold_gauge"].as_f64();
+    assert!(gauge.is_some_and(|g| g > 0.0), "{}", s["service_metrics"]);
     assert!(run.stdout.contains("# Load test: FAILED"), "{}", run.dump());
     assert!(run.stderr.contains("verdict FAILED"), "{}", run.dump());
     assert!(run.stdout.contains("OVERSOLD by"), "{}", run.dump());
