@@ -17,6 +17,9 @@ pub enum ScenarioKind {
     Browse,
     /// Both, weighted by `--buy-weight` and `--browse-weight`.
     Mix,
+    /// The gateway's own `GET /healthz`, no login, no upstream: the raw gateway rate that the
+    /// sold-out phase is compared with.
+    Trivial,
 }
 
 impl ScenarioKind {
@@ -26,12 +29,13 @@ impl ScenarioKind {
             ScenarioKind::FlashSale => "flash-sale",
             ScenarioKind::Browse => "browse",
             ScenarioKind::Mix => "mix",
+            ScenarioKind::Trivial => "trivial",
         }
     }
 
     /// Whether buyers take part (orders are placed).
     pub fn buys(self) -> bool {
-        self != ScenarioKind::Browse
+        matches!(self, ScenarioKind::FlashSale | ScenarioKind::Mix)
     }
 }
 

@@ -32,13 +32,15 @@ pub enum Outcome {
     Browsed,
     /// 200 on `/api/login`.
     LoggedIn,
+    /// 200 on the gateway's own `GET /healthz` (the `trivial` scenario's baseline).
+    Healthz,
     /// Anything else: 5xx, transport errors, unexpected statuses or bodies.
     Error,
 }
 
 impl Outcome {
     /// Every outcome, in report order.
-    pub const ALL: [Outcome; 11] = [
+    pub const ALL: [Outcome; 12] = [
         Outcome::Created,
         Outcome::Replayed,
         Outcome::SoldOut,
@@ -49,6 +51,7 @@ impl Outcome {
         Outcome::Cancelled,
         Outcome::Browsed,
         Outcome::LoggedIn,
+        Outcome::Healthz,
         Outcome::Error,
     ];
 
@@ -65,6 +68,7 @@ impl Outcome {
             Outcome::Cancelled => "cancelled",
             Outcome::Browsed => "browsed",
             Outcome::LoggedIn => "logged_in",
+            Outcome::Healthz => "healthz",
             Outcome::Error => "error",
         }
     }

@@ -255,6 +255,9 @@ async fn attack(
         ScenarioKind::Browse => {
             attack = attack.register_scenario(with_wait(scenarios::browse(ctx))?);
         }
+        ScenarioKind::Trivial => {
+            attack = attack.register_scenario(with_wait(scenarios::trivial(ctx))?);
+        }
         ScenarioKind::Mix => {
             if options.buy_weight > 0 {
                 let s = scenarios::flash_sale(ctx)

@@ -53,6 +53,7 @@ const RESEND: &str = "POST /api/orders (resend)";
 const PAY: &str = "POST /api/orders/{id}/pay";
 const CANCEL: &str = "POST /api/orders/{id}/cancel";
 const BROWSE: &str = "GET /api/stock/{sku}";
+const HEALTHZ: &str = "GET /healthz";
 
 /// The buyers' scenario.
 pub fn flash_sale(ctx: &Arc<Context>) -> Scenario {
@@ -68,6 +69,12 @@ pub fn browse(ctx: &Arc<Context>) -> Scenario {
         .register_transaction(transaction(ctx, "browse", |c, u| {
             Box::pin(read_stock(c, u))
         }))
+}
+
+/// The `trivial` scenario: the gateway's own `GET /healthz`, no login and no upstream.
+pub fn trivial(ctx: &Arc<Context>) -> Scenario {
+    scenario!("trivial")
+        .register_transaction(transaction(ctx, "healthz", |c, u| Box::pin(healthz(c, u))))
 }
 
 type Step = for<'r> fn(
@@ -344,6 +351,25 @@ async fn read_stock(ctx: Arc<Context>, user: &mut GooseUser) -> TransactionResul
             &mut request,
             latency,
             "browse",
+            &answer.describe(),
+        ),
+    }
+}
+
+async fn healthz(ctx: Arc<Context>, user: &mut GooseUser) -> TransactionResult {
+    let builder = user.get_request_builder(&GooseMethod::Get, "/healthz")?;
+    let (mut request, latency, answer) = send(user, builder, HEALTHZ).await?;
+    match answer.status {
+        Some(StatusCode::OK) => {
+            ctx.recorder.outcome(Outcome::Healthz, latency);
+            Ok(())
+        }
+        _ => fail(
+            &ctx,
+            user,
+            &mut request,
+            latency,
+            "healthz",
             &answer.describe(),
         ),
     }

@@ -34,7 +34,10 @@ enum What {
     /// The stock-service's deduction strategies, one sell-out each
     /// (`cargo bench -p stock-service --bench strategies`).
     Strategies,
-    /// Both, lock first.
+    /// The goose flash sale through the whole shop (release builds), once per strategy and
+    /// for segmented with S = 1, 4, 8, 16, plus the sold-out phase against the raw gateway.
+    Shop,
+    /// All three: lock, strategies, shop.
     All,
 }
 
@@ -44,6 +47,7 @@ impl What {
         match self {
             What::Lock => &[("rlock", "lock_compare")],
             What::Strategies => &[("stock-service", "strategies")],
+            What::Shop => &[],
             What::All => &[("rlock", "lock_compare"), ("stock-service", "strategies")],
         }
     }
@@ -71,6 +75,9 @@ fn run_benches(args: &BenchArgs, services: &Services) -> anyhow::Result<Vec<(Str
             .args(&args.cargo_args);
         services.export(&mut cmd);
         steps.push((bench.to_owned(), run_step(cmd)?));
+    }
+    if matches!(args.what, What::Shop | What::All) && !crate::interrupted() {
+        steps.extend(crate::bench_shop::run(services)?);
     }
     Ok(steps)
 }

@@ -21,14 +21,14 @@ use crate::up::{self, ShopArgs, step};
 pub struct DemoArgs {
     #[command(flatten)]
     shop: ShopArgs,
-    /// Units of the flash-sale item.
-    #[arg(long, default_value_t = 500)]
+    /// Units of the flash-sale item (keep it below `--users`: each buyer may buy one).
+    #[arg(long, default_value_t = 200)]
     stock: i64,
     /// Stock segments of the item.
     #[arg(long, default_value_t = 8)]
     segments: i32,
-    /// Concurrent buyers.
-    #[arg(long, default_value_t = 200)]
+    /// Concurrent buyers, each a distinct user (the purchase limit is one unit per user).
+    #[arg(long, default_value_t = 400)]
     users: usize,
     /// How long the load runs, e.g. 20s.
     #[arg(long, default_value = "20s")]

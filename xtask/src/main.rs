@@ -5,6 +5,7 @@
 //! cargo, Ctrl-C handling) lives here.
 
 mod bench;
+mod bench_shop;
 mod browser;
 mod demo;
 mod outcome;
@@ -39,7 +40,7 @@ enum Cmd {
     /// Run every test of the workspace against real Redis and PostgreSQL
     /// (shared ones when they answer, throwaway ones otherwise).
     Test(test::TestArgs),
-    /// Run a benchmark (`lock`, `strategies` or `all`) against the same Redis and
+    /// Run a benchmark (`lock`, `strategies`, `shop` or `all`) against the same Redis and
     /// PostgreSQL `test` would use.
     Bench(bench::BenchArgs),
     /// Run the shop as native processes (2 stock-services, 2 order-services, the
