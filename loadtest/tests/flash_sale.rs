@@ -112,6 +112,7 @@ async fn segmented_sells_exactly_the_stock_and_the_verdict_passes() {
         "{m}"
     );
     assert_eq!(m["oversold_gauge"], 0.0, "{m}");
+    every_dashboard_metric_is_exported(&shop).await;
     // The run's parameters are recorded, the password is not.
     assert_eq!(s["parameters"]["stock"], 30);
     assert_eq!(s["parameters"]["segments"], 4);
@@ -322,4 +323,56 @@ async fn the_order_audit_needs_a_real_admin_and_a_wrong_password_exits_2() {
     assert!(run.stderr.contains("admin login"), "{}", run.dump());
     assert!(run.summary.is_none());
     run.clean();
+}
+
+/// The one list of metric names and labels the Grafana dashboard is checked against
+/// (`xtask/tests/compose.rs`), held here against a real scrape after a real sale.
+#[allow(dead_code)]
+#[path = "../../xtask/tests/support/metrics.rs"]
+mod dashboard_metrics;
+
+/// Metrics that a clean sale does not produce (nothing fenced out, renewed, lost, rate
+/// limited, retried or failing upstream); the exporter only shows a series once recorded.
+const NOT_IN_A_CLEAN_SALE: &[&str] = &[
+    "stock_fence_rejections_total",
+    "rlock_renewals_total",
+    "rlock_lost_total",
+    "gateway_rate_limited_total",
+    "gateway_upstream_errors_total",
+    "gateway_retries_total",
+];
+
+/// Every metric the dashboards plot is in the services' `/metrics` (the in-process services
+/// share one registry) with the labels the dashboards group by.
+async fn every_dashboard_metric_is_exported(shop: &Shop) {
+    let text = reqwest::get(format!("{}/metrics", shop.stock[0]))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for (name, kind, labels) in dashboard_metrics::METRICS {
+        if NOT_IN_A_CLEAN_SALE.contains(name) {
+            continue;
+        }
+        let series = match kind {
+            dashboard_metrics::Kind::Histogram => format!("{name}_bucket{{"),
+            _ => format!("{name}{{"),
+        };
+        let found = text.lines().any(|line| {
+            line.starts_with(&series)
+                && labels
+                    .iter()
+                    .all(|label| line.contains(&format!("{label}=\"")))
+        });
+        assert!(
+            found,
+            "no `{name}` series with labels {labels:?} in the scrape:\n{}",
+            text.lines()
+                .filter(|l| l.starts_with(name))
+                .take(5)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
 }
