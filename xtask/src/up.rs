@@ -13,7 +13,7 @@ use crate::shop::{self, Profile, Shop, ShopOptions};
 /// Options shared by `up` and `demo`.
 #[derive(Debug, Clone, Args)]
 pub struct ShopArgs {
-    /// Port of the gateway on 127.0.0.1.
+    /// Port of the gateway on 127.0.0.1 (0: any free port).
     #[arg(long, default_value_t = 8080)]
     pub port: u16,
     /// Stock deduction strategy of the stock-services (see docs/strategies.md).
