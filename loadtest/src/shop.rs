@@ -252,6 +252,20 @@ impl Shop {
                 tokio::time::sleep(retry_after(response.headers())).await;
                 continue;
             }
+            // Reads are safe to repeat: ride out a busy or briefly ejected upstream.
+            if method == Method::GET
+                && matches!(
+                    status,
+                    StatusCode::BAD_GATEWAY
+                        | StatusCode::SERVICE_UNAVAILABLE
+                        | StatusCode::GATEWAY_TIMEOUT
+                )
+                && attempt < READ_ATTEMPTS
+            {
+                tracing::warn!(%status, what, attempt, "retrying a read");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
             if !status.is_success() {
                 return Err(refused(what, response).await);
             }
@@ -266,6 +280,9 @@ impl Shop {
         }
     }
 }
+
+/// Attempts of a read (`GET`) answered 502, 503 or 504.
+const READ_ATTEMPTS: u32 = 3;
 
 /// How long a 429 asks to wait (`Retry-After` seconds, capped at 2 s; 200 ms without it).
 pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Duration {

@@ -8,7 +8,7 @@ use std::fs;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use serde_json::Value;
 use testkit::RedisServer;
 
@@ -83,6 +83,8 @@ struct Load {
     users: u64,
     run_time: String,
     phase_time: String,
+    rounds: usize,
+    only: Option<String>,
 }
 
 impl Load {
@@ -100,8 +102,14 @@ impl Load {
             users: var("BENCH_SHOP_USERS", "128")
                 .parse()
                 .context("BENCH_SHOP_USERS must be a number")?,
-            run_time: var("BENCH_SHOP_RUN_TIME", "20s"),
+            run_time: var("BENCH_SHOP_RUN_TIME", "12s"),
             phase_time: var("BENCH_SHOP_PHASE_TIME", "10s"),
+            rounds: var("BENCH_SHOP_ROUNDS", "3")
+                .parse()
+                .context("BENCH_SHOP_ROUNDS must be a number")?,
+            only: std::env::var("BENCH_SHOP_ONLY")
+                .ok()
+                .filter(|v| !v.trim().is_empty()),
         })
     }
 }
@@ -110,6 +118,8 @@ impl Load {
 #[derive(Debug, Default, Clone)]
 struct Run {
     exit: Option<i32>,
+    /// Whether the load test wrote a summary (false: it could not run).
+    summary: bool,
     passed: bool,
     oversold: i64,
     orders_per_sec: f64,
@@ -131,6 +141,7 @@ impl Run {
         let p99 = |outcome: &str| v["latency"][outcome]["p99_ms"].as_f64();
         Ok(Run {
             exit,
+            summary: true,
             passed: v["passed"].as_bool().unwrap_or(false),
             oversold: v["oversold"].as_i64().unwrap_or(0),
             orders_per_sec: v["throughput"]["orders_per_sec"].as_f64().unwrap_or(0.0),
@@ -169,64 +180,84 @@ pub fn run(services: &Services) -> anyhow::Result<Vec<(String, Outcome)>> {
         .collect::<Vec<_>>()
         .join(",");
 
+    let cases: Vec<&Case> = CASES
+        .iter()
+        .filter(|c| load.only.as_deref().is_none_or(|o| c.label.contains(o)))
+        .collect();
     let mut steps = Vec::new();
-    let mut rows: Vec<(&Case, Run)> = Vec::new();
+    let mut rows: Vec<(&Case, Vec<Run>)> = cases.iter().map(|c| (*c, Vec::new())).collect();
     let mut phase: Option<(Run, Run)> = None;
-    for (i, case) in CASES.iter().enumerate() {
-        if crate::interrupted() {
-            steps.push((case.label.to_owned(), Outcome::Skipped("interrupted")));
-            continue;
+    for round in 1..=load.rounds {
+        for (i, (case, runs)) in rows.iter_mut().enumerate() {
+            if crate::interrupted() {
+                break;
+            }
+            println!(
+                "==> round {round}/{}, [{}/{}] {}",
+                load.rounds,
+                i + 1,
+                cases.len(),
+                case.label
+            );
+            let mut options = shop_options(case, &dir, i)?;
+            if case.strategy == "redlock" {
+                options
+                    .stock_env
+                    .push(("REDLOCK_URLS".into(), redlock_urls.clone()));
+            }
+            let shop = Shop::start(services, &binaries, &options)?;
+            let report = dir.join(format!("r{round}-{:02}-{}", i + 1, slug(case.label)));
+            let sku = format!("bench-{}-{round}-{}", std::process::id(), i + 1);
+            let run = attack(
+                &loadtest,
+                &shop,
+                &options,
+                &sale_args(&load, case, &sku),
+                &report,
+            )?;
+            println!(
+                "    {:.0} orders/s, p99 created {}, oversold {}, verdict {}",
+                run.orders_per_sec,
+                ms(run.created_p99_ms),
+                run.oversold,
+                verdict(&run)
+            );
+            if round == 1 && case.label.ends_with("(default)") && !crate::interrupted() {
+                phase = Some(sold_out_phase(&load, &loadtest, &shop, &options, &dir)?);
+            }
+            shop.stop();
+            runs.push(run);
         }
-        println!("==> [{}/{}] {}", i + 1, CASES.len(), case.label);
-        let mut options = shop_options(case, &dir, i)?;
-        if case.strategy == "redlock" {
-            options
-                .stock_env
-                .push(("REDLOCK_URLS".into(), redlock_urls.clone()));
-        }
-        let shop = Shop::start(services, &binaries, &options)?;
-        let report = dir.join(format!("{:02}-{}", i + 1, slug(case.label)));
-        let sku = format!("bench-{}-{}", std::process::id(), i + 1);
-        let args = sale_args(&load, case, &sku);
-        let run = attack(&loadtest, &shop, &options, &args, &report)?;
-        // The negative control is expected to fail its audit.
-        let expected = if case.strategy == "naive" {
-            !run.passed
-        } else {
-            run.passed
+    }
+    for (case, runs) in &rows {
+        // The negative control is expected to fail its audit; everything else to pass.
+        let expected = |r: &Run| {
+            r.summary
+                && if case.strategy == "naive" {
+                    !r.passed
+                } else {
+                    r.passed
+                }
         };
+        let outcome = if runs.is_empty() {
+            Outcome::Skipped("interrupted")
+        } else if runs.iter().all(expected) {
+            Outcome::Passed
+        } else {
+            Outcome::Failed(runs.iter().find(|r| !expected(r)).and_then(|r| r.exit))
+        };
+        steps.push((case.label.to_owned(), outcome));
+    }
+    if let Some((sold_out, trivial)) = &phase {
+        let ok = sold_out.passed && trivial.passed;
         steps.push((
-            case.label.to_owned(),
-            if expected {
+            "sold-out phase".to_owned(),
+            if ok {
                 Outcome::Passed
             } else {
-                Outcome::Failed(run.exit)
+                Outcome::Failed(sold_out.exit)
             },
         ));
-        println!(
-            "    {:.0} orders/s, p99 created {}, oversold {}, verdict {}",
-            run.orders_per_sec,
-            ms(run.created_p99_ms),
-            run.oversold,
-            if run.passed { "passed" } else { "FAILED" }
-        );
-        if case.label.ends_with("(default)") && !crate::interrupted() {
-            phase = Some(sold_out_phase(&load, &loadtest, &shop, &options, &dir)?);
-            let (sold_out, trivial) = phase
-                .as_ref()
-                .map(|(a, b)| (a.clone(), b.clone()))
-                .unwrap_or_default();
-            steps.push((
-                "sold-out phase".to_owned(),
-                if sold_out.passed && trivial.exit == Some(0) {
-                    Outcome::Passed
-                } else {
-                    Outcome::Failed(sold_out.exit)
-                },
-            ));
-        }
-        shop.stop();
-        rows.push((case, run));
     }
     drop(masters);
     let table = table(&load, &rows, phase.as_ref());
@@ -379,52 +410,92 @@ fn attack(
         cmd.args(["--scrape", &url]);
     }
     let status = cmd.status().context("running the load test")?;
-    if status.code() == Some(2) || status.code().is_none() {
-        bail!(
-            "the load test could not run ({status}); the end of {}:\n{}",
-            log.display(),
-            shop::tail(&log)
-        );
+    if matches!(status.code(), Some(0 | 1)) {
+        if let Ok(run) = Run::read(report, status.code()) {
+            return Ok(run);
+        }
     }
-    Run::read(report, status.code())
+    eprintln!(
+        "xtask: the load test could not run ({status}); the end of {}:\n{}",
+        log.display(),
+        shop::tail(&log)
+    );
+    Ok(Run {
+        exit: status.code(),
+        ..Run::default()
+    })
 }
 
-/// The comparison as markdown.
-fn table(load: &Load, rows: &[(&Case, Run)], phase: Option<&(Run, Run)>) -> String {
-    let base = rows
+fn verdict(run: &Run) -> &'static str {
+    match (run.summary, run.passed) {
+        (false, _) => "could not run",
+        (true, true) => "passed",
+        (true, false) => "FAILED",
+    }
+}
+
+/// The comparison as markdown: per case the median over the rounds (and the range), the
+/// throughput as a ratio to `db-pessimistic` in the same round.
+fn table(load: &Load, rows: &[(&Case, Vec<Run>)], phase: Option<&(Run, Run)>) -> String {
+    let base: Option<&Vec<Run>> = rows
         .iter()
         .find(|(c, _)| c.strategy == "db-pessimistic")
-        .map(|(_, r)| r.orders_per_sec)
-        .filter(|v| *v > 0.0);
+        .map(|(_, r)| r);
     let mut out = String::new();
     let _ = writeln!(
         out,
         "Flash sale through the gateway: {} units, {} buyers (no purchase limit, no rate limits), \
-         {} per strategy; 2 order-services and 2 stock-services, release builds.\n",
-        load.stock, load.users, load.run_time
+         {} per sale; 2 order-services and 2 stock-services, release builds; {} round(s), \
+         medians (range).\n",
+        load.stock, load.users, load.run_time, load.rounds
     );
     let _ = writeln!(
         out,
-        "| strategy | orders/s | × db-pessimistic | sold out after | p99 created | lock wait p99 | oversold | errors | verdict |"
+        "| strategy | S | orders/s | × db-pessimistic | sold out after | p99 created | lock wait p99 | oversold | errors | verdicts |"
     );
-    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---|");
-    for (case, run) in rows {
-        let ratio = base.map_or_else(
-            || "-".to_owned(),
-            |b| format!("{:.2}", run.orders_per_sec / b),
-        );
+    let _ = writeln!(out, "|---|--:|---:|---:|---:|---:|---:|---:|---:|---|");
+    for (case, runs) in rows {
+        let ok: Vec<&Run> = runs.iter().filter(|r| r.summary).collect();
+        let ratios: Vec<f64> = base.map_or_else(Vec::new, |base| {
+            runs.iter()
+                .zip(base)
+                .filter(|(r, b)| r.summary && b.summary && b.orders_per_sec > 0.0)
+                .map(|(r, b)| r.orders_per_sec / b.orders_per_sec)
+                .collect()
+        });
+        let passed = ok.iter().filter(|r| r.passed).count();
         let _ = writeln!(
             out,
-            "| {} | {:.0} | {ratio} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             case.label,
-            run.orders_per_sec,
-            run.time_to_sell_out
-                .map_or_else(|| "not sold out".to_owned(), |s| format!("{s:.1} s")),
-            ms(run.created_p99_ms),
-            ms(run.lock_wait_p99_ms),
-            run.oversold,
-            run.errors,
-            if run.passed { "passed" } else { "FAILED" }
+            case.segments,
+            spread(ok.iter().map(|r| r.orders_per_sec).collect(), 0, ""),
+            spread(ratios, 2, ""),
+            spread(
+                ok.iter().filter_map(|r| r.time_to_sell_out).collect(),
+                1,
+                " s"
+            ),
+            spread(
+                ok.iter().filter_map(|r| r.created_p99_ms).collect(),
+                0,
+                " ms"
+            ),
+            spread(
+                ok.iter().filter_map(|r| r.lock_wait_p99_ms).collect(),
+                0,
+                " ms"
+            ),
+            ok.iter().map(|r| r.oversold).max().unwrap_or(0),
+            ok.iter().map(|r| r.errors).sum::<u64>(),
+            format!(
+                "{passed} passed, {} failed{}",
+                ok.len() - passed,
+                match runs.len() - ok.len() {
+                    0 => String::new(),
+                    n => format!(", {n} could not run"),
+                }
+            ),
         );
     }
     if let Some((sold_out, trivial)) = phase {
@@ -450,6 +521,29 @@ fn table(load: &Load, rows: &[(&Case, Run)], phase: Option<&(Run, Run)>) -> Stri
         );
     }
     out
+}
+
+/// `median (min–max)` of `values` with `decimals` and `unit`; `-` when empty.
+fn spread(mut values: Vec<f64>, decimals: usize, unit: &str) -> String {
+    if values.is_empty() {
+        return "-".to_owned();
+    }
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    let median = if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    };
+    if n == 1 {
+        format!("{median:.decimals$}{unit}")
+    } else {
+        format!(
+            "{median:.decimals$}{unit} ({:.decimals$}–{:.decimals$})",
+            values[0],
+            values[n - 1]
+        )
+    }
 }
 
 fn ms(v: Option<f64>) -> String {
@@ -484,29 +578,41 @@ mod tests {
     }
 
     #[test]
-    fn the_table_shows_ratios_to_db_pessimistic() {
+    fn the_table_shows_medians_and_ratios_to_db_pessimistic_per_round() {
         let load = Load {
             stock: 10,
             users: 2,
             run_time: "1s".into(),
             phase_time: "1s".into(),
+            rounds: 2,
+            only: None,
         };
-        let base = Run {
-            orders_per_sec: 100.0,
+        let run = |v: f64| Run {
+            orders_per_sec: v,
             passed: true,
+            summary: true,
             ..Run::default()
         };
-        let seg = Run {
-            orders_per_sec: 150.0,
-            passed: true,
-            ..Run::default()
-        };
-        let rows = vec![(&CASES[0], base), (&CASES[5], seg)];
+        let rows = vec![
+            (&CASES[0], vec![run(100.0), run(200.0)]),
+            (&CASES[5], vec![run(150.0), run(200.0)]),
+        ];
         let text = table(&load, &rows, None);
         assert!(
-            text.contains("| segmented S=8 (default) | 150 | 1.50 |"),
+            text.contains("| segmented S=8 (default) | 8 | 175 (150–200) | 1.25 (1.00–1.50) |"),
             "{text}"
         );
-        assert!(text.contains("| db-pessimistic | 100 | 1.00 |"), "{text}");
+        assert!(
+            text.contains("| db-pessimistic | 8 | 150 (100–200) | 1.00 (1.00–1.00) |"),
+            "{text}"
+        );
+        assert!(text.contains("2 passed, 0 failed"), "{text}");
+    }
+
+    #[test]
+    fn spread_is_median_and_range() {
+        assert_eq!(spread(vec![], 0, ""), "-");
+        assert_eq!(spread(vec![3.0], 1, " s"), "3.0 s");
+        assert_eq!(spread(vec![5.0, 1.0, 3.0], 0, " ms"), "3 ms (1–5)");
     }
 }
