@@ -168,6 +168,54 @@ async fn naive_with_a_read_write_window_oversells_and_the_verdict_fails() {
     run.clean();
 }
 
+/// The sold-out phase of `cargo xtask bench shop`: every order on an item with no stock is a
+/// 409 (an expected answer, not a failure), and the `trivial` baseline only hits the gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sold_out_orders_and_the_trivial_route_pass_with_nothing_bought() {
+    let _turn = attack_turn().await;
+    let shop = Shop::start(&[("STOCK_STRATEGY", "segmented")]).await;
+    for scenario in ["flash-sale", "trivial"] {
+        let sku = unique("lt-none");
+        let args = [
+            "--target",
+            &shop.gateway,
+            "--admin-password",
+            ADMIN_PASSWORD,
+            "--scenario",
+            scenario,
+            "--users",
+            "10",
+            "--hatch-rate",
+            "10",
+            "--run-time",
+            "2s",
+            "--sku",
+            &sku,
+            "--stock",
+            "0",
+            "--settle",
+            "2s",
+        ];
+        let run = loadtest(&args, Duration::from_secs(30)).await;
+        assert_eq!(run.code, Some(0), "{scenario}: {}", run.dump());
+        let s = run.summary.as_ref().expect("summary.json");
+        let latency = &s["latency"];
+        let expected = if scenario == "trivial" {
+            "healthz"
+        } else {
+            "sold_out"
+        };
+        assert!(
+            latency[expected]["count"].as_u64().unwrap() > 0,
+            "{scenario}: {latency}"
+        );
+        assert!(latency.get("created").is_none(), "{scenario}: {latency}");
+        assert_eq!(s["stock_audit"]["deducted"], 0, "{scenario}");
+        assert_eq!(s["goose"]["failures"], 0, "{scenario}: {}", s["goose"]);
+        run.clean();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mix_of_buyers_and_browsers_on_redis_atomic_passes() {
     let _turn = attack_turn().await;
