@@ -395,10 +395,10 @@ const NOT_IN_A_CLEAN_SALE: &[&str] = &[
 async fn every_dashboard_metric_is_exported(shop: &Shop) {
     let text = reqwest::get(format!("{}/metrics", shop.stock[0]))
         .await
-        .unwrap()
+        .expect("scrape /metrics")
         .text()
         .await
-        .unwrap();
+        .expect("read /metrics");
     for (name, kind, labels) in dashboard_metrics::METRICS {
         if NOT_IN_A_CLEAN_SALE.contains(name) {
             continue;

@@ -410,10 +410,10 @@ fn attack(
         cmd.args(["--scrape", &url]);
     }
     let status = cmd.status().context("running the load test")?;
-    if matches!(status.code(), Some(0 | 1)) {
-        if let Ok(run) = Run::read(report, status.code()) {
-            return Ok(run);
-        }
+    if matches!(status.code(), Some(0 | 1))
+        && let Ok(run) = Run::read(report, status.code())
+    {
+        return Ok(run);
     }
     eprintln!(
         "xtask: the load test could not run ({status}); the end of {}:\n{}",
@@ -464,9 +464,13 @@ fn table(load: &Load, rows: &[(&Case, Vec<Run>)], phase: Option<&(Run, Run)>) ->
                 .collect()
         });
         let passed = ok.iter().filter(|r| r.passed).count();
+        let not_run = match runs.len() - ok.len() {
+            0 => String::new(),
+            n => format!(", {n} could not run"),
+        };
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {passed} passed, {} failed{not_run} |",
             case.label,
             case.segments,
             spread(ok.iter().map(|r| r.orders_per_sec).collect(), 0, ""),
@@ -488,14 +492,7 @@ fn table(load: &Load, rows: &[(&Case, Vec<Run>)], phase: Option<&(Run, Run)>) ->
             ),
             ok.iter().map(|r| r.oversold).max().unwrap_or(0),
             ok.iter().map(|r| r.errors).sum::<u64>(),
-            format!(
-                "{passed} passed, {} failed{}",
-                ok.len() - passed,
-                match runs.len() - ok.len() {
-                    0 => String::new(),
-                    n => format!(", {n} could not run"),
-                }
-            ),
+            ok.len() - passed,
         );
     }
     if let Some((sold_out, trivial)) = phase {
