@@ -135,7 +135,9 @@ fn sale(args: &DemoArgs, shop: &Shop, loadtest: &std::path::Path) -> anyhow::Res
     let done = Arc::new(AtomicBool::new(false));
     let progress = {
         let done = Arc::clone(&done);
-        let url = format!("{}/api/stock/{sku}", shop.urls.gateway);
+        // Straight from a stock-service: the gateway is busy with the sale (and rate-limits
+        // anonymous readers).
+        let url = format!("{}/stock/{sku}", shop.urls.stock[0]);
         let total = args.stock;
         thread::spawn(move || show_progress(&url, total, &done))
     };
@@ -177,10 +179,12 @@ fn sale(args: &DemoArgs, shop: &Shop, loadtest: &std::path::Path) -> anyhow::Res
 fn show_progress(url: &str, total: i64, done: &AtomicBool) {
     let started = Instant::now();
     let mut stdout = std::io::stdout();
+    let mut left = "?".to_owned();
     while !done.load(Ordering::SeqCst) {
-        let left = shop::http_json(url)
-            .and_then(|v| v["available"].as_i64())
-            .map_or_else(|| "?".to_owned(), |a| a.to_string());
+        // Under load an answer can be late; keep showing the last one.
+        if let Some(a) = shop::http_json(url).and_then(|v| v["available"].as_i64()) {
+            left = a.to_string();
+        }
         let _ = write!(
             stdout,
             "\r      {:>5.1}s  units left {left:>6} of {total}   ",
