@@ -21,7 +21,6 @@ pub mod rate_limit;
 pub mod reload;
 pub mod routes;
 pub mod runtime;
-pub mod server;
 pub mod settings;
 pub mod state;
 pub mod upstream;
@@ -46,7 +45,7 @@ pub const DEFAULT_PORT: u16 = 8080;
 /// Builds the HTTP application: `GET /healthz`, `POST /api/login`, the dashboard
 /// (`/dashboard…`, unless `[dashboard] enabled = false`) and the proxy for everything else,
 /// wrapped in the shared middleware stack (request ids, tracing, the body limit, problem
-/// bodies). Serve it with [`server::serve`] so handlers see client addresses.
+/// bodies). Serve it with `service_kit::server::serve`, which gives handlers the client's address.
 pub fn app(gateway: Gateway) -> Router {
     let body_limit = gateway.settings().service.body_limit_bytes;
     let dashboard_enabled = gateway.dashboard_enabled();

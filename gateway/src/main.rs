@@ -4,7 +4,7 @@
 
 use anyhow::Context as _;
 use gateway::settings::EXAMPLE_CONFIG;
-use gateway::{Gateway, GatewaySettings, SERVICE_NAME, SERVICE_VERSION, app, reload, server};
+use gateway::{Gateway, GatewaySettings, SERVICE_NAME, SERVICE_VERSION, app, reload};
 use service_kit::metrics::Metrics;
 use service_kit::telemetry;
 
@@ -39,7 +39,7 @@ async fn main() -> anyhow::Result<()> {
         });
     }
     let addr = gateway.bind_addr();
-    server::serve(app(gateway), addr).await?;
+    service_kit::server::serve(app(gateway), addr, SERVICE_NAME).await?;
     metrics.shutdown();
     // Flush the spans still queued for export.
     telemetry.shutdown();

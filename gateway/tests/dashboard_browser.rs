@@ -10,6 +10,10 @@
 //! made with `DASHBOARD_SCREENSHOT=docs/dashboard.png cargo test -p gateway --test
 //! dashboard_browser`.
 
+#[allow(dead_code)]
+#[path = "it/common.rs"]
+mod common;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -44,7 +48,8 @@ async fn the_dashboard_shows_a_live_sale_in_headless_chromium() {
     // One Prometheus registry for the process, served by both services at /metrics (as their
     // binaries do): it must exist before they create their instruments.
     let metrics = Metrics::install("dashboard-test").expect("metrics");
-    let (stock_url, orders_url) = services(&metrics).await;
+    let (stock_url, orders_url) =
+        common::services("seckill_dash_stock", "seckill_dash_order", Some(&metrics)).await;
     let gw = start_gateway(&stock_url, &orders_url).await;
     let http = reqwest::Client::builder()
         .no_proxy()
@@ -383,64 +388,6 @@ impl Drop for TempDir {
     }
 }
 
-async fn serve(router: axum::Router) -> SocketAddr {
-    let listener = service_kit::server::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(service_kit::server::serve_listener(
-        listener,
-        router,
-        std::future::pending(),
-    ));
-    addr
-}
-
-/// Real stock-service and order-service, each with `/metrics`; returns their base URLs.
-async fn services(metrics: &Metrics) -> (String, String) {
-    let redis = testkit::redis_url();
-    let stock_env = Env::from_pairs([
-        (
-            "DATABASE_URL",
-            testkit::database("seckill_dash_stock")
-                .await
-                .expect("stock db"),
-        ),
-        ("REDIS_URL", redis.clone()),
-        ("DB_MAX_CONNECTIONS", "8".to_owned()),
-    ]);
-    let stock_config = stock_service::StockConfig::from_source(&stock_env).expect("stock config");
-    let stock = stock_service::connect(stock_config)
-        .await
-        .expect("stock connect");
-    let stock_url = format!(
-        "http://{}",
-        serve(stock_service::app(stock).merge(metrics.router())).await
-    );
-
-    let order_env = Env::from_pairs([
-        (
-            "DATABASE_URL",
-            testkit::database("seckill_dash_order")
-                .await
-                .expect("order db"),
-        ),
-        ("REDIS_URL", redis),
-        ("STOCK_URL", stock_url.clone()),
-        ("DB_MAX_CONNECTIONS", "8".to_owned()),
-        ("RECOVERY_INTERVAL_MS", "0".to_owned()),
-    ]);
-    let order_config = order_service::OrderConfig::from_source(&order_env).expect("order config");
-    let orders = order_service::connect(order_config)
-        .await
-        .expect("order connect");
-    let orders_url = format!(
-        "http://{}",
-        serve(order_service::app(orders).merge(metrics.router())).await
-    );
-    (stock_url, orders_url)
-}
-
 /// A running gateway and its configuration file.
 struct TestGateway {
     addr: SocketAddr,
@@ -508,15 +455,9 @@ timeout_ms = 5000
     .expect("settings");
     let gateway = Gateway::start(settings).expect("gateway");
     assert!(gateway.dashboard_enabled());
-    let listener = service_kit::server::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+    let addr = service_kit::server::spawn_on_loopback(gateway::app(gateway.clone()))
         .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(gateway::server::serve_listener(
-        listener,
-        gateway::app(gateway.clone()),
-        std::future::pending(),
-    ));
+        .expect("serve");
     TestGateway {
         addr,
         gateway,

@@ -1,7 +1,5 @@
 //! Serves the real app on an ephemeral port and checks `GET /healthz`.
 
-use std::net::SocketAddr;
-
 use gateway::{Gateway, GatewaySettings, app};
 use service_kit::config::Env;
 use service_kit::server;
@@ -11,16 +9,8 @@ async fn healthz_returns_ok_json() {
     // No GATEWAY_CONFIG: the built-in example configuration.
     let settings = GatewaySettings::from_source(&Env::from_pairs::<_, &str, &str>([])).unwrap();
     let gateway = Gateway::start(settings).unwrap();
-    let listener = server::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
-        .await
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
     // The server lives until the test runtime shuts down.
-    tokio::spawn(gateway::server::serve_listener(
-        listener,
-        app(gateway),
-        std::future::pending(),
-    ));
+    let addr = server::spawn_on_loopback(app(gateway)).await.unwrap();
 
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
     let res = client

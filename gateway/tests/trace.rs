@@ -9,14 +9,12 @@
 #[path = "it/common.rs"]
 mod common;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use opentelemetry::trace::{SpanId, SpanKind, TraceId, TracerProvider as _};
 use opentelemetry::{Key, Value};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 use serde_json::json;
-use service_kit::config::Env;
 use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
@@ -26,54 +24,6 @@ use common::{Config, TestGateway, eventually, http, unique};
 /// The client's own trace context: the gateway's server span must continue it.
 const CLIENT_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CLIENT_SPAN: &str = "00f067aa0ba902b7";
-
-async fn serve(router: axum::Router) -> SocketAddr {
-    let listener = service_kit::server::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(service_kit::server::serve_listener(
-        listener,
-        router,
-        std::future::pending(),
-    ));
-    addr
-}
-
-/// Real stock-service and order-service; their base URLs.
-async fn services() -> (String, String) {
-    let redis = testkit::redis_url();
-    let stock_env = Env::from_pairs([
-        (
-            "DATABASE_URL",
-            testkit::database("seckill_stock_test").await.expect("db"),
-        ),
-        ("REDIS_URL", redis.clone()),
-        ("DB_MAX_CONNECTIONS", "4".to_owned()),
-        ("STOCK_STRATEGY", "segmented".to_owned()),
-    ]);
-    let stock_config = stock_service::StockConfig::from_source(&stock_env).expect("stock config");
-    let stock = stock_service::connect(stock_config)
-        .await
-        .expect("stock connect");
-    let stock_url = format!("http://{}", serve(stock_service::app(stock)).await);
-    let order_env = Env::from_pairs([
-        (
-            "DATABASE_URL",
-            testkit::database("seckill_order_test").await.expect("db"),
-        ),
-        ("REDIS_URL", redis),
-        ("STOCK_URL", stock_url.clone()),
-        ("DB_MAX_CONNECTIONS", "4".to_owned()),
-        ("RECOVERY_INTERVAL_MS", "0".to_owned()),
-    ]);
-    let order_config = order_service::OrderConfig::from_source(&order_env).expect("order config");
-    let orders = order_service::connect(order_config)
-        .await
-        .expect("order connect");
-    let orders_url = format!("http://{}", serve(order_service::app(orders)).await);
-    (stock_url, orders_url)
-}
 
 fn attr<'a>(span: &'a SpanData, key: &str) -> Option<&'a Value> {
     span.attributes
@@ -146,7 +96,8 @@ async fn an_order_through_the_gateway_is_one_trace_across_the_services() {
         .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("trace-test")))
         .init();
 
-    let (stock_url, orders_url) = services().await;
+    let (stock_url, orders_url) =
+        common::services("seckill_stock_test", "seckill_order_test", None).await;
     let config = Config::new(
         &format!("orders = [\"{orders_url}\"]\nstock = [\"{stock_url}\"]"),
         r#"

@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use reqwest::StatusCode;
@@ -28,15 +27,10 @@ async fn order_outcomes_and_idempotency_results_are_counted() {
     let redis = testkit::redis_url();
     let s = stock(&redis, &[("RMW_DELAY_MS", "600")]).await;
     let o = orders(&redis, &s.url(""), &[]).await;
-    let listener = service_kit::server::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+    let metrics_addr = service_kit::server::spawn_on_loopback(metrics.router())
         .await
-        .expect("bind");
-    let metrics_url = format!("http://{}/metrics", listener.local_addr().expect("addr"));
-    tokio::spawn(service_kit::server::serve_listener(
-        listener,
-        metrics.router(),
-        std::future::pending(),
-    ));
+        .expect("serve");
+    let metrics_url = format!("http://{metrics_addr}/metrics");
 
     let c = http();
     let sku = unique("sku");

@@ -40,7 +40,9 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
 }
 
 /// Serves `router` on `listener` until `shutdown` completes, then stops
-/// accepting connections and waits for in-flight requests to finish.
+/// accepting connections and waits for in-flight requests to finish. Handlers can
+/// extract the client's address (`ConnectInfo<SocketAddr>`; the gateway's rate limits
+/// and `X-Forwarded-For` need it).
 pub async fn serve_listener<F>(
     listener: TcpListener,
     router: Router,
@@ -49,10 +51,23 @@ pub async fn serve_listener<F>(
 where
     F: Future<Output = ()> + Send + 'static,
 {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(ServeError::Serve)
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+    .map_err(ServeError::Serve)
+}
+
+/// Binds an ephemeral port on 127.0.0.1 and serves `router` there in a background task
+/// for the life of the runtime; returns the bound address. For tests and examples that
+/// run services in-process.
+pub async fn spawn_on_loopback(router: Router) -> Result<SocketAddr, ServeError> {
+    let listener = bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+    let addr = listener.local_addr().map_err(ServeError::LocalAddr)?;
+    tokio::spawn(serve_listener(listener, router, std::future::pending()));
+    Ok(addr)
 }
 
 /// Binds `addr`, logs the bound address and serves `router` until Ctrl-C or

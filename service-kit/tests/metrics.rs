@@ -14,15 +14,9 @@ async fn metrics_endpoint_shows_request_duration_by_route_and_status() {
     counter.add(3, &[]);
     let app = with_http_metrics(Router::new().route("/items/{id}", get(|| async { "ok" })))
         .merge(metrics.router());
-    let listener = service_kit::server::bind(([127, 0, 0, 1], 0).into())
+    let addr = service_kit::server::spawn_on_loopback(app)
         .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(service_kit::server::serve_listener(
-        listener,
-        app,
-        std::future::pending(),
-    ));
+        .expect("serve");
     let c = reqwest::Client::builder()
         .no_proxy()
         .build()

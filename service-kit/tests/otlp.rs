@@ -44,15 +44,9 @@ async fn spans_are_posted_to_the_configured_otlp_endpoint() {
             }
         }),
     );
-    let listener = service_kit::server::bind(([127, 0, 0, 1], 0).into())
+    let addr = service_kit::server::spawn_on_loopback(app)
         .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(service_kit::server::serve_listener(
-        listener,
-        app,
-        std::future::pending(),
-    ));
+        .expect("serve");
 
     let env = Env::from_pairs([
         (

@@ -8,7 +8,6 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use reqwest::StatusCode;
@@ -67,15 +66,9 @@ async fn scrape(metrics_url: &str) -> String {
 }
 
 async fn serve_metrics(metrics: &Metrics) -> String {
-    let listener = service_kit::server::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+    let addr = service_kit::server::spawn_on_loopback(metrics.router())
         .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(service_kit::server::serve_listener(
-        listener,
-        metrics.router(),
-        std::future::pending(),
-    ));
+        .expect("serve");
     format!("http://{addr}/metrics")
 }
 

@@ -1,10 +1,8 @@
 //! `cargo xtask bench`: the benchmarks, against the Redis and PostgreSQL that
 //! `cargo xtask test` would use (found or started the same way, exported the same way).
 
-use std::path::Path;
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 
-use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 
 use crate::outcome::{Outcome, summarize};
@@ -74,35 +72,12 @@ fn run_benches(args: &BenchArgs, services: &Services) -> anyhow::Result<Vec<(Str
         cmd.args(["bench", "-p", package, "--bench", bench])
             .args(&args.cargo_args);
         services.export(&mut cmd);
-        steps.push((bench.to_owned(), run_step(cmd)?));
+        steps.push((bench.to_owned(), crate::outcome::run_step(cmd)?));
     }
     if matches!(args.what, What::Shop | What::All) && !crate::interrupted() {
         steps.extend(crate::bench_shop::run(services)?);
     }
     Ok(steps)
-}
-
-/// Runs `cmd`, echoing it first.
-fn run_step(mut cmd: Command) -> anyhow::Result<Outcome> {
-    // Show `cargo`, not the full path of $CARGO.
-    let program = Path::new(cmd.get_program())
-        .file_name()
-        .unwrap_or(cmd.get_program())
-        .to_owned();
-    let shown = std::iter::once(program.as_os_str())
-        .chain(cmd.get_args())
-        .map(|a| a.to_string_lossy().into_owned())
-        .collect::<Vec<_>>()
-        .join(" ");
-    println!("==> {shown}");
-    let status = cmd.status().with_context(|| format!("running {shown}"))?;
-    Ok(if crate::interrupted() {
-        Outcome::Interrupted
-    } else if status.success() {
-        Outcome::Passed
-    } else {
-        Outcome::Failed(status.code())
-    })
 }
 
 #[cfg(test)]

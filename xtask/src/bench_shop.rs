@@ -164,10 +164,7 @@ pub fn run(services: &Services) -> anyhow::Result<Vec<(String, Outcome)>> {
         Profile::Release,
         &["stock-service", "order-service", "gateway", "loadtest"],
     )?;
-    let loadtest = binaries
-        .get("loadtest")
-        .cloned()
-        .context("cargo build produced no `loadtest` binary")?;
+    let loadtest = shop::binary(&binaries, "loadtest")?;
     let dir = crate::up::run_dir("bench-shop")?;
     // RedLock needs its own independent masters.
     let masters = (0..3)

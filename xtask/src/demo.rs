@@ -57,10 +57,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
         shop_args.profile(),
         &["stock-service", "order-service", "gateway", "loadtest"],
     )?;
-    let loadtest = binaries
-        .get("loadtest")
-        .cloned()
-        .context("cargo build produced no `loadtest` binary")?;
+    let loadtest = shop::binary(&binaries, "loadtest")?;
     step(2, STEPS, "finding Redis and PostgreSQL");
     let services = Services::acquire(shop_args.throwaway)?;
     step(

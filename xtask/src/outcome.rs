@@ -1,7 +1,10 @@
 //! How one step of a command (a test run, a benchmark) ended, and the closing summary line.
 
 use std::fmt;
-use std::process::ExitCode;
+use std::path::Path;
+use std::process::{Command, ExitCode};
+
+use anyhow::Context as _;
 
 /// How one step ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,4 +58,27 @@ pub fn summarize(command: &str, steps: &[(String, Outcome)]) -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// Runs `cmd` (echoing it first) as one step: how it ended, `Interrupted` after Ctrl-C.
+pub fn run_step(mut cmd: Command) -> anyhow::Result<Outcome> {
+    // Show `cargo`, not the full path of $CARGO.
+    let program = Path::new(cmd.get_program())
+        .file_name()
+        .unwrap_or(cmd.get_program())
+        .to_owned();
+    let shown = std::iter::once(program.as_os_str())
+        .chain(cmd.get_args())
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ");
+    println!("==> {shown}");
+    let status = cmd.status().with_context(|| format!("running {shown}"))?;
+    Ok(if crate::interrupted() {
+        Outcome::Interrupted
+    } else if status.success() {
+        Outcome::Passed
+    } else {
+        Outcome::Failed(status.code())
+    })
 }

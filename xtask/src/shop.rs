@@ -77,6 +77,14 @@ pub fn build(profile: Profile, packages: &[&str]) -> anyhow::Result<BTreeMap<Str
     Ok(binaries)
 }
 
+/// The path of binary `name` among what [`build`] produced.
+pub fn binary(binaries: &BTreeMap<String, PathBuf>, name: &str) -> anyhow::Result<PathBuf> {
+    binaries
+        .get(name)
+        .cloned()
+        .with_context(|| format!("cargo build produced no `{name}` binary"))
+}
+
 /// How to run the shop.
 #[derive(Debug, Clone)]
 pub struct ShopOptions {
@@ -155,16 +163,10 @@ impl Shop {
         binaries: &BTreeMap<String, PathBuf>,
         options: &ShopOptions,
     ) -> anyhow::Result<Shop> {
-        let bin = |name: &str| {
-            binaries
-                .get(name)
-                .cloned()
-                .with_context(|| format!("cargo build produced no `{name}` binary"))
-        };
         let (stock_bin, order_bin, gateway_bin) = (
-            bin("stock-service")?,
-            bin("order-service")?,
-            bin("gateway")?,
+            binary(binaries, "stock-service")?,
+            binary(binaries, "order-service")?,
+            binary(binaries, "gateway")?,
         );
 
         let stock_db = create_database(

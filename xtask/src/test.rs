@@ -1,7 +1,6 @@
 //! `cargo xtask test`: every test of the workspace against real Redis and PostgreSQL.
 
-use std::path::Path;
-use std::process::{Command, ExitCode, Stdio};
+use std::process::{ExitCode, Stdio};
 
 use anyhow::Context as _;
 use clap::Args;
@@ -69,7 +68,7 @@ fn run_steps(args: &TestArgs, services: &Services) -> anyhow::Result<Vec<(String
         println!("chromium: {}", chromium.display());
         runner.env(crate::browser::CHROMIUM_ENV, chromium);
     }
-    steps.push((name.to_owned(), run_step(runner)?));
+    steps.push((name.to_owned(), crate::outcome::run_step(runner)?));
 
     if nextest {
         let outcome = if crate::interrupted() {
@@ -82,36 +81,13 @@ fn run_steps(args: &TestArgs, services: &Services) -> anyhow::Result<Vec<(String
                     doc.args(["test", "--doc", "--no-fail-fast"])
                         .args(selection);
                     services.export(&mut doc);
-                    run_step(doc)?
+                    crate::outcome::run_step(doc)?
                 }
             }
         };
         steps.push(("doctests".to_owned(), outcome));
     }
     Ok(steps)
-}
-
-/// Runs `cmd`, echoing it first.
-fn run_step(mut cmd: Command) -> anyhow::Result<Outcome> {
-    // Show `cargo`, not the full path of $CARGO.
-    let program = Path::new(cmd.get_program())
-        .file_name()
-        .unwrap_or(cmd.get_program())
-        .to_owned();
-    let shown = std::iter::once(program.as_os_str())
-        .chain(cmd.get_args())
-        .map(|a| a.to_string_lossy().into_owned())
-        .collect::<Vec<_>>()
-        .join(" ");
-    println!("==> {shown}");
-    let status = cmd.status().with_context(|| format!("running {shown}"))?;
-    Ok(if crate::interrupted() {
-        Outcome::Interrupted
-    } else if status.success() {
-        Outcome::Passed
-    } else {
-        Outcome::Failed(status.code())
-    })
 }
 
 /// Whether `cargo nextest` is available.

@@ -114,15 +114,9 @@ impl TestGateway {
             None => Gateway::start(settings),
         }
         .expect("gateway config");
-        let listener = service_kit::server::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        let addr = service_kit::server::spawn_on_loopback(gateway::app(gateway.clone()))
             .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        tokio::spawn(gateway::server::serve_listener(
-            listener,
-            gateway::app(gateway.clone()),
-            std::future::pending(),
-        ));
+            .expect("serve");
         Self {
             addr,
             gateway,
@@ -235,4 +229,58 @@ where
 /// A unique name (`prefix-<uuid>`).
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Real stock-service and order-service in-process on the test PostgreSQL (databases
+/// `stock_db` and `order_db`, created if missing) and Redis, each also serving `metrics`'
+/// `/metrics` when given; their base URLs.
+pub async fn services(
+    stock_db: &str,
+    order_db: &str,
+    metrics: Option<&service_kit::metrics::Metrics>,
+) -> (String, String) {
+    let with_metrics = |router: axum::Router| match metrics {
+        Some(m) => router.merge(m.router()),
+        None => router,
+    };
+    let redis = testkit::redis_url();
+    let stock_env = Env::from_pairs([
+        (
+            "DATABASE_URL",
+            testkit::database(stock_db).await.expect("stock db"),
+        ),
+        ("REDIS_URL", redis.clone()),
+        ("DB_MAX_CONNECTIONS", "8".to_owned()),
+    ]);
+    let stock_config = stock_service::StockConfig::from_source(&stock_env).expect("stock config");
+    let stock = stock_service::connect(stock_config)
+        .await
+        .expect("stock connect");
+    let stock_url = format!(
+        "http://{}",
+        service_kit::server::spawn_on_loopback(with_metrics(stock_service::app(stock)))
+            .await
+            .expect("serve")
+    );
+    let order_env = Env::from_pairs([
+        (
+            "DATABASE_URL",
+            testkit::database(order_db).await.expect("order db"),
+        ),
+        ("REDIS_URL", redis),
+        ("STOCK_URL", stock_url.clone()),
+        ("DB_MAX_CONNECTIONS", "8".to_owned()),
+        ("RECOVERY_INTERVAL_MS", "0".to_owned()),
+    ]);
+    let order_config = order_service::OrderConfig::from_source(&order_env).expect("order config");
+    let orders = order_service::connect(order_config)
+        .await
+        .expect("order connect");
+    let orders_url = format!(
+        "http://{}",
+        service_kit::server::spawn_on_loopback(with_metrics(order_service::app(orders)))
+            .await
+            .expect("serve")
+    );
+    (stock_url, orders_url)
 }

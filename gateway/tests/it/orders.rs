@@ -1,60 +1,10 @@
 //! The gateway in front of the real order-service and stock-service (PostgreSQL, Redis):
 //! an order POST the gateway retries after a dropped connection still makes one order.
 
-use std::net::SocketAddr;
-
 use serde_json::{Value, json};
-use service_kit::config::Env;
 
-use crate::common::{Config, TestGateway, expect_problem, http, read, unique};
+use crate::common::{Config, TestGateway, expect_problem, http, read, services, unique};
 use crate::upstreams::{Mode, TestUpstream};
-
-/// A database named `name` on the test PostgreSQL (created if missing).
-async fn database(name: &str) -> String {
-    testkit::database(name).await.expect("test database")
-}
-
-async fn serve(router: axum::Router) -> SocketAddr {
-    let listener = service_kit::server::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(service_kit::server::serve_listener(
-        listener,
-        router,
-        std::future::pending(),
-    ));
-    addr
-}
-
-/// Real stock-service and order-service; returns their base URLs.
-async fn services() -> (String, String) {
-    let redis = testkit::redis_url();
-    let stock_env = Env::from_pairs([
-        ("DATABASE_URL", database("seckill_stock_test").await),
-        ("REDIS_URL", redis.clone()),
-        ("DB_MAX_CONNECTIONS", "4".to_owned()),
-    ]);
-    let stock_config = stock_service::StockConfig::from_source(&stock_env).expect("stock config");
-    let stock = stock_service::connect(stock_config)
-        .await
-        .expect("stock connect");
-    let stock_url = format!("http://{}", serve(stock_service::app(stock)).await);
-
-    let order_env = Env::from_pairs([
-        ("DATABASE_URL", database("seckill_order_test").await),
-        ("REDIS_URL", redis),
-        ("STOCK_URL", stock_url.clone()),
-        ("DB_MAX_CONNECTIONS", "4".to_owned()),
-        ("RECOVERY_INTERVAL_MS", "0".to_owned()),
-    ]);
-    let order_config = order_service::OrderConfig::from_source(&order_env).expect("order config");
-    let orders = order_service::connect(order_config)
-        .await
-        .expect("order connect");
-    let orders_url = format!("http://{}", serve(order_service::app(orders)).await);
-    (stock_url, orders_url)
-}
 
 fn shop_config(orders_pool: &str, stock_pool: &str) -> Config {
     Config::new(
@@ -84,7 +34,7 @@ timeout_ms = 5000
 
 #[tokio::test]
 async fn a_retried_order_post_makes_exactly_one_order() {
-    let (stock_url, orders_url) = services().await;
+    let (stock_url, orders_url) = services("seckill_stock_test", "seckill_order_test", None).await;
     // In front of the order-service: forwards the first attempt, then drops the connection
     // before the gateway sees the answer (the order *was* made).
     let flaky = TestUpstream::start(
@@ -175,7 +125,7 @@ async fn a_retried_order_post_makes_exactly_one_order() {
 
 #[tokio::test]
 async fn bad_order_input_gets_4xx_from_the_service_through_the_gateway() {
-    let (stock_url, orders_url) = services().await;
+    let (stock_url, orders_url) = services("seckill_stock_test", "seckill_order_test", None).await;
     let gw = TestGateway::start(&shop_config(&orders_url, &stock_url)).await;
     let token = gw.token(&unique("bob")).await;
     let post = |key: Option<&str>, body: &str| {

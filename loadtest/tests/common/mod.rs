@@ -7,7 +7,6 @@
 
 #![allow(dead_code)]
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -23,19 +22,6 @@ const JWT_SECRET: &str = "loadtest-jwt-secret-0123456789abcdef0123";
 /// A unique name (`prefix-<uuid>`).
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
-}
-
-async fn serve(router: axum::Router) -> SocketAddr {
-    let listener = service_kit::server::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(service_kit::server::serve_listener(
-        listener,
-        router,
-        std::future::pending(),
-    ));
-    addr
 }
 
 /// The process-wide Prometheus registry the stock-services export to (installed once,
@@ -113,7 +99,12 @@ impl Shop {
                 .expect("stock config");
             let engine = stock_service::connect(config).await.expect("stock connect");
             let app = stock_service::app(engine).merge(metrics.router());
-            stock.push(format!("http://{}", serve(app).await));
+            stock.push(format!(
+                "http://{}",
+                service_kit::server::spawn_on_loopback(app)
+                    .await
+                    .expect("serve")
+            ));
         }
 
         let mut orders = Vec::new();
@@ -135,7 +126,9 @@ impl Shop {
             tokio::spawn(order_service::recovery::run(engine.clone(), interval));
             orders.push(format!(
                 "http://{}",
-                serve(order_service::app(engine)).await
+                service_kit::server::spawn_on_loopback(order_service::app(engine))
+                    .await
+                    .expect("serve")
             ));
         }
 
@@ -195,15 +188,9 @@ global_per_second = 0
         ]))
         .expect("gateway settings");
         let gw = gateway::Gateway::start(settings).expect("gateway");
-        let listener = service_kit::server::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        let addr = service_kit::server::spawn_on_loopback(gateway::app(gw))
             .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        tokio::spawn(gateway::server::serve_listener(
-            listener,
-            gateway::app(gw),
-            std::future::pending(),
-        ));
+            .expect("serve");
         Shop {
             gateway: format!("http://{addr}"),
             stock,

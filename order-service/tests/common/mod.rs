@@ -26,19 +26,6 @@ pub async fn database(name: &str) -> String {
     testkit::database(name).await.expect("test database")
 }
 
-async fn serve(router: axum::Router) -> SocketAddr {
-    let listener = service_kit::server::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(service_kit::server::serve_listener(
-        listener,
-        router,
-        std::future::pending(),
-    ));
-    addr
-}
-
 fn env(base: Vec<(String, String)>, vars: &[(&str, &str)]) -> Env {
     let mut pairs = base;
     for (k, v) in vars {
@@ -58,7 +45,9 @@ pub async fn stock(redis: &str, vars: &[(&str, &str)]) -> Served<stock_service::
     ];
     let config = stock_service::StockConfig::from_source(&env(base, vars)).expect("stock config");
     let engine = stock_service::connect(config).await.expect("stock connect");
-    let addr = serve(stock_service::app(engine.clone())).await;
+    let addr = service_kit::server::spawn_on_loopback(stock_service::app(engine.clone()))
+        .await
+        .expect("serve");
     Served { addr, engine }
 }
 
@@ -78,7 +67,9 @@ pub async fn orders(
     ];
     let config = order_service::OrderConfig::from_source(&env(base, vars)).expect("order config");
     let engine = order_service::connect(config).await.expect("order connect");
-    let addr = serve(order_service::app(engine.clone())).await;
+    let addr = service_kit::server::spawn_on_loopback(order_service::app(engine.clone()))
+        .await
+        .expect("serve");
     Served { addr, engine }
 }
 

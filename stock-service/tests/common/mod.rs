@@ -50,15 +50,9 @@ pub async fn instance_on(redis_url: &str, vars: &[(&str, &str)]) -> Instance {
     }
     let config = StockConfig::from_source(&Env::from_pairs(pairs)).expect("config");
     let stock = stock_service::connect(config).await.expect("connect");
-    let listener = service_kit::server::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+    let addr = service_kit::server::spawn_on_loopback(stock_service::app(stock.clone()))
         .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(service_kit::server::serve_listener(
-        listener,
-        stock_service::app(stock.clone()),
-        std::future::pending(),
-    ));
+        .expect("serve");
     Instance { addr, stock }
 }
 
