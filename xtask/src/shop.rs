@@ -8,6 +8,7 @@ use std::fs::{self, File};
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -267,7 +268,7 @@ impl Shop {
         let health = format!("{url}/healthz");
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
-            if http_status(&health) == Some(200) {
+            if answers_ok(&health) {
                 return Ok(());
             }
             if let Some(dead) = self.first_exited() {
@@ -400,23 +401,26 @@ fn random_secret() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The HTTP status of `GET url`, or `None` when nothing answers.
-pub fn http_status(url: &str) -> Option<u16> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(2)))
-        .http_status_as_error(false)
-        .build()
-        .into();
-    agent.get(url).call().ok().map(|r| r.status().as_u16())
+/// One HTTP client for the health probes and the progress line (2 s per request; a non-2xx
+/// answer counts as an error).
+fn agent() -> &'static ureq::Agent {
+    static AGENT: OnceLock<ureq::Agent> = OnceLock::new();
+    AGENT.get_or_init(|| {
+        ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(2)))
+            .build()
+            .into()
+    })
+}
+
+/// Whether `GET url` answers 2xx.
+pub fn answers_ok(url: &str) -> bool {
+    agent().get(url).call().is_ok()
 }
 
 /// The JSON body of `GET url` when it answers 2xx, else `None`.
 pub fn http_json(url: &str) -> Option<serde_json::Value> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(2)))
-        .build()
-        .into();
-    let mut response = agent.get(url).call().ok()?;
+    let mut response = agent().get(url).call().ok()?;
     let text = response.body_mut().read_to_string().ok()?;
     serde_json::from_str(&text).ok()
 }
