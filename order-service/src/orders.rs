@@ -207,7 +207,13 @@ impl Orders {
                     }
                     None => match store::order(&self.pool, row.order_id).await? {
                         Some(order) if order.status != "pending" => {
-                            // Final order, response not stored yet: store it now.
+                            // Final since the claim read the key: the request that settled
+                            // it has usually stored its response by now, and that stands.
+                            if let Some(reply) = self.stored_reply(ctx).await? {
+                                self.metrics.idempotency("conflict");
+                                return Ok(reply);
+                            }
+                            // Settled without a response (the worker): store one now.
                             let response = response_for(&order);
                             self.finish_stored(ctx, order.order_id, response).await
                         }
@@ -343,17 +349,13 @@ impl Orders {
     }
 
     /// Store the response of an order that is already final, unless a concurrent request
-    /// (the one that settled it) stored one first: then that one is the answer, replayed.
+    /// stored one first: then that one is the answer, replayed.
     async fn finish_stored(
         &self,
         ctx: &KeyContext,
         order_id: Uuid,
         response: StoredResponse,
     ) -> Result<Reply, OrderError> {
-        if let Some(reply) = self.stored_reply(ctx).await? {
-            self.metrics.idempotency("conflict");
-            return Ok(reply);
-        }
         let record = self.record(ctx, &response);
         if let Err(err) = self.replay.store(&ctx.user, &ctx.key, &record).await {
             return Err(OrderError::Unknown(format!(
