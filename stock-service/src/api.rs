@@ -178,7 +178,7 @@ fn problem_type(slug: &str) -> String {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let detail = self.0.to_string();
-        let problem = match &self.0 {
+        let problem = match self.0.root() {
             StockError::Invalid(_) => {
                 Problem::unprocessable(detail).with_type(problem_type("invalid-input"))
             }
@@ -204,9 +204,16 @@ impl IntoResponse for ApiError {
             StockError::FenceRejected => {
                 Problem::service_unavailable(detail).with_type(problem_type("lock-lost"))
             }
-            StockError::Db(_) | StockError::Redis(_) | StockError::Lock(_) => {
+            StockError::Db(_)
+            | StockError::Redis(_)
+            | StockError::Lock(_)
+            | StockError::Shared(_) => {
+                // The database's or Redis's own text stays in the log.
                 tracing::error!(error = %self.0, "stock operation failed");
-                Problem::service_unavailable(detail).with_type(problem_type("dependency-failed"))
+                Problem::service_unavailable(
+                    "a dependency (database or Redis) failed; nothing changed, retry with the same order_id",
+                )
+                .with_type(problem_type("dependency-failed"))
             }
         };
         let retry = problem.status == StatusCode::SERVICE_UNAVAILABLE;

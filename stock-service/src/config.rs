@@ -40,11 +40,17 @@ pub struct StockConfig {
     /// How long an instance trusts its local sold-out flag before asking Redis again
     /// (`SOLD_OUT_TTL_MS`, default 1000).
     pub sold_out_ttl: Duration,
+    /// Most deductions of one segment applied in one transaction (`STOCK_BATCH_MAX`, default
+    /// 64, 1 to 1000); 1 turns combining off.
+    pub batch_max: usize,
 }
 
 impl StockConfig {
     /// Port when `BIND_ADDR` is unset.
     pub const DEFAULT_PORT: u16 = 8082;
+
+    /// Largest `STOCK_BATCH_MAX`: a group's ledger rows go in one statement.
+    pub const MAX_BATCH: usize = 1000;
 
     /// Read the process environment.
     pub fn from_env() -> Result<Self, ConfigError> {
@@ -70,6 +76,14 @@ impl StockConfig {
                 reason: "the redlock strategy needs at least one master URL".into(),
             });
         }
+        let batch_max: usize = env.parse_or("STOCK_BATCH_MAX", 64)?;
+        if !(1..=Self::MAX_BATCH).contains(&batch_max) {
+            return Err(ConfigError::Invalid {
+                name: "STOCK_BATCH_MAX".into(),
+                value: batch_max.to_string(),
+                reason: format!("must be between 1 (no combining) and {}", Self::MAX_BATCH),
+            });
+        }
         Ok(StockConfig {
             service: ServiceConfig::from_source(env, Self::DEFAULT_PORT)?,
             database_url: env.string_or(
@@ -90,6 +104,7 @@ impl StockConfig {
                 .raw("STOCK_KEY_PREFIX")?
                 .unwrap_or_else(|| "stock".into()),
             sold_out_ttl: env.millis("SOLD_OUT_TTL_MS", 1000)?,
+            batch_max,
         })
     }
 }

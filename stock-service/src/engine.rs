@@ -1,6 +1,8 @@
 //! Deductions and releases: pick segments, take the strategy's lock, run the read-modify-write
 //! with the strategy's write guard, record the movement, all in one transaction.
 
+use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
@@ -12,6 +14,7 @@ use tracing::{Instrument as _, Span};
 
 use crate::cache::StockCache;
 use crate::config::StockConfig;
+use crate::group::Groups;
 use crate::metrics::{OversoldWatch, StockMetrics, lock_labels};
 use crate::store::{self, ItemStock, Movement, MovementKind, Part, SegmentRow, WriteGuard};
 use crate::strategy::Strategy;
@@ -114,10 +117,24 @@ pub enum StockError {
     /// Redis failed.
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
+    /// A failure of a whole group of combined deductions, given to each of its requests.
+    #[error("{0}")]
+    Shared(Arc<StockError>),
+}
+
+impl StockError {
+    /// The error itself, looking through [`StockError::Shared`].
+    pub fn root(&self) -> &StockError {
+        match self {
+            StockError::Shared(inner) => inner.root(),
+            other => other,
+        }
+    }
 }
 
 /// What one locked read-modify-write came to.
-enum Rmw {
+#[derive(Debug)]
+pub(crate) enum Rmw {
     Done {
         movement: Movement,
         after: Vec<(i32, i64)>,
@@ -128,6 +145,33 @@ enum Rmw {
     Rejected { row: SegmentRow, token: Option<i64> },
     /// A concurrent request for the same order won.
     Duplicate,
+}
+
+/// A critical section's outcome, as far as [`Stock::attempt`]'s retry policy cares: did the
+/// write guard refuse a write, and of which row under which token.
+pub(crate) trait Refusal {
+    /// The refused row and the token it was written with, if a write was refused.
+    fn refused(&self) -> Option<(SegmentRow, Option<i64>)>;
+}
+
+impl Refusal for Rmw {
+    fn refused(&self) -> Option<(SegmentRow, Option<i64>)> {
+        match self {
+            Rmw::Rejected { row, token } => Some((*row, *token)),
+            _ => None,
+        }
+    }
+}
+
+/// The fencing token each segment is written with (none for unlocked strategies).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Tokens(Vec<(i32, i64)>);
+
+impl Tokens {
+    /// The token to write `segment` with.
+    pub(crate) fn of(&self, segment: i32) -> Option<i64> {
+        self.0.iter().find(|(s, _)| *s == segment).map(|(_, t)| *t)
+    }
 }
 
 /// The change a read-modify-write makes.
@@ -202,6 +246,8 @@ pub struct Stock {
     pub metrics: StockMetrics,
     /// Items whose oversold gauge needs a fresh look.
     pub oversold: OversoldWatch,
+    /// Queues of concurrent single-segment deductions, one per segment (group deduction).
+    pub groups: Arc<Groups>,
 }
 
 /// The span of one PostgreSQL transaction (`db.transaction`, OpenTelemetry database client
@@ -358,9 +404,8 @@ impl Stock {
             if cached.get(&segment).is_some_and(|&a| a < qty) {
                 continue;
             }
-            let op = Op::Deduct(qty);
             match self
-                .attempt(&op, sku, generation, &[segment], order_id)
+                .deduct_segment(sku, generation, segment, order_id, qty)
                 .await?
             {
                 Rmw::Done { movement, after } => return Ok(self.done(sku, movement, &after).await),
@@ -385,7 +430,7 @@ impl Stock {
             .map(|r| r.segment)
             .collect();
         match self
-            .attempt(&Op::Deduct(qty), sku, generation, &nonempty, order_id)
+            .attempt_one(&Op::Deduct(qty), sku, generation, &nonempty, order_id)
             .await?
         {
             Rmw::Done { movement, after } => Ok(self.done(sku, movement, &after).await),
@@ -480,7 +525,7 @@ impl Stock {
             let segments: Vec<i32> = deduction.parts.iter().map(|p| p.segment).collect();
             let op = Op::Release(deduction.parts.clone());
             match self
-                .attempt(&op, sku, generation, &segments, order_id)
+                .attempt_one(&op, sku, generation, &segments, order_id)
                 .await?
             {
                 Rmw::Done { movement, after } => {
@@ -504,11 +549,8 @@ impl Stock {
         Ok(StockChange::from_movement(result, false))
     }
 
-    /// Take the strategy's lock(s), run the read-modify-write, handle a refused write: the
-    /// optimistic strategy retries; a fenced strategy whose lock is still valid but whose
-    /// token is below the row's fence (Redis lost its counter) re-seeds the counter above the
-    /// database's fences and retries once; any other fenced refusal is a lost lock.
-    async fn attempt(
+    /// One request's read-modify-write under the strategy's lock(s).
+    async fn attempt_one(
         &self,
         op: &Op,
         sku: &str,
@@ -516,63 +558,68 @@ impl Stock {
         segments: &[i32],
         order_id: &str,
     ) -> Result<Rmw, StockError> {
-        let mut conflicts = 0;
-        let mut reseeded = false;
         let operation = match op {
             Op::Deduct(_) => "deduct",
             Op::Release(_) => "release",
         };
+        self.attempt(sku, segments, operation, move |tokens| {
+            self.rmw(op, sku, generation, segments, order_id, tokens)
+        })
+        .await
+    }
+
+    /// Deduct `qty` from one segment: combined with the concurrent deductions of that segment
+    /// in this instance (one leader, one transaction), or alone when `STOCK_BATCH_MAX` is 1.
+    async fn deduct_segment(
+        &self,
+        sku: &str,
+        generation: i64,
+        segment: i32,
+        order_id: &str,
+        qty: i64,
+    ) -> Result<Rmw, StockError> {
+        if self.config.batch_max <= 1 {
+            let op = Op::Deduct(qty);
+            return self
+                .attempt_one(&op, sku, generation, &[segment], order_id)
+                .await;
+        }
+        self.deduct_in_group(sku, generation, segment, order_id, qty)
+            .await
+    }
+
+    /// Take the strategy's lock(s), run the critical `section` with the tokens it must write
+    /// with, handle a refused write: the optimistic strategy retries; a fenced strategy whose
+    /// lock is still valid but whose token is below the row's fence (Redis lost its counter)
+    /// re-seeds the counter above the database's fences and retries once; any other fenced
+    /// refusal is a lost lock.
+    pub(crate) async fn attempt<R, F, Fut>(
+        &self,
+        sku: &str,
+        segments: &[i32],
+        operation: &'static str,
+        section: F,
+    ) -> Result<R, StockError>
+    where
+        R: Refusal,
+        F: Fn(Tokens) -> Fut,
+        Fut: Future<Output = Result<R, StockError>>,
+    {
+        let mut conflicts = 0;
+        let mut reseeded = false;
         loop {
             let held = self.lock(sku, segments).await?;
-            let locked = !matches!(held, Held::Nothing);
-            let hold_span = if locked {
-                tracing::info_span!(
-                    "lock.hold",
-                    strategy = self.strategy().as_str(),
-                    segment = self.lock_labels(segments).join(","),
+            let tokens = self.tokens(sku, segments, &held);
+            let (outcome, valid) = self
+                .hold(
+                    held,
+                    segments,
+                    section(tokens).instrument(db_span(operation, sku)),
                 )
-            } else {
-                Span::none()
-            };
-            let held_since = tokio::time::Instant::now();
-            let (outcome, valid) = async {
-                let mut row_locked = None;
-                let outcome = self
-                    .rmw(
-                        op,
-                        sku,
-                        generation,
-                        segments,
-                        order_id,
-                        &held,
-                        &mut row_locked,
-                    )
-                    .instrument(db_span(operation, sku))
-                    .await;
-                if let Some(since) = row_locked {
-                    // db-pessimistic: the row locks were held until the transaction ended.
-                    self.metrics.lock_hold(
-                        self.strategy(),
-                        &self.lock_labels(segments),
-                        since.elapsed(),
-                    );
-                }
-                let valid = held.still_valid();
-                held.release().await;
-                (outcome, valid)
-            }
-            .instrument(hold_span)
-            .await;
-            if locked {
-                self.metrics.lock_hold(
-                    self.strategy(),
-                    &self.lock_labels(segments),
-                    held_since.elapsed(),
-                );
-            }
-            let (row, token) = match outcome? {
-                Rmw::Rejected { row, token } => (row, token),
-                other => return Ok(other),
+                .await;
+            let outcome = outcome?;
+            let Some((row, token)) = outcome.refused() else {
+                return Ok(outcome);
             };
             match self.strategy() {
                 Strategy::DbOptimistic => {
@@ -599,6 +646,60 @@ impl Stock {
                 _ => return Err(StockError::Conflict),
             }
         }
+    }
+
+    /// Run `section` while `held` is held (a `lock.hold` span and observation when it is a
+    /// lock), then release it. The outcome, and whether the lock was still valid at the end.
+    async fn hold<T>(
+        &self,
+        held: Held,
+        segments: &[i32],
+        section: impl Future<Output = T>,
+    ) -> (T, bool) {
+        let locked = !matches!(held, Held::Nothing);
+        let hold_span = if locked {
+            tracing::info_span!(
+                "lock.hold",
+                strategy = self.strategy().as_str(),
+                segment = self.lock_labels(segments).join(","),
+            )
+        } else {
+            Span::none()
+        };
+        let held_since = tokio::time::Instant::now();
+        let (outcome, valid) = async {
+            let outcome = section.await;
+            let valid = held.still_valid();
+            held.release().await;
+            (outcome, valid)
+        }
+        .instrument(hold_span)
+        .await;
+        if locked {
+            self.metrics.lock_hold(
+                self.strategy(),
+                &self.lock_labels(segments),
+                held_since.elapsed(),
+            );
+        }
+        (outcome, valid)
+    }
+
+    /// The token each of `segments` is written with under `held`.
+    fn tokens(&self, sku: &str, segments: &[i32], held: &Held) -> Tokens {
+        let item_lock = self.item_lock(sku);
+        Tokens(
+            segments
+                .iter()
+                .filter_map(|&segment| {
+                    let token = match self.strategy() {
+                        Strategy::RedisLock => held.token(&item_lock),
+                        _ => held.token(&self.segment_lock(sku, segment)),
+                    };
+                    token.map(|t| (segment, t))
+                })
+                .collect(),
+        )
     }
 
     /// Raise the fencing counters of the locks covering `segments` above every fence the
@@ -728,11 +829,7 @@ impl Stock {
     }
 
     /// Read the segments, plan the change, write every touched segment under the strategy's
-    /// guard and record the movement, in one transaction. db-pessimistic: the wait for the
-    /// row locks (`SELECT … FOR UPDATE`) is a `lock.wait` span and a lock-wait observation,
-    /// and `row_locked` is set to when they were granted (they are held until the
-    /// transaction ends, when this returns).
-    #[allow(clippy::too_many_arguments)]
+    /// guard and record the movement, in one transaction.
     async fn rmw(
         &self,
         op: &Op,
@@ -740,60 +837,113 @@ impl Stock {
         generation: i64,
         segments: &[i32],
         order_id: &str,
-        held: &Held,
-        row_locked: &mut Option<tokio::time::Instant>,
+        tokens: Tokens,
     ) -> Result<Rmw, StockError> {
-        let strategy = self.strategy();
         let mut tx = self.pool.begin().await?;
-        let rows = if strategy == Strategy::DbPessimistic {
-            let labels = self.lock_labels(segments);
-            let span = tracing::info_span!(
-                "lock.wait",
-                strategy = strategy.as_str(),
-                segment = labels.join(","),
-                acquired = true,
-                lock.kind = "row",
+        let (rows, row_locked) = self.read_for_write(&mut tx, sku, segments).await?;
+        let outcome = self
+            .apply(tx, op, sku, generation, &rows, order_id, &tokens)
+            .await;
+        self.row_locks_released(row_locked, segments);
+        outcome
+    }
+
+    /// Read `segments` inside `tx`. db-pessimistic locks the rows (`SELECT … FOR UPDATE`): the
+    /// wait is a `lock.wait` span and a lock-wait observation, and the second value is when
+    /// the row locks were granted (they are held until the transaction ends).
+    pub(crate) async fn read_for_write(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        sku: &str,
+        segments: &[i32],
+    ) -> Result<(Vec<SegmentRow>, Option<tokio::time::Instant>), StockError> {
+        let strategy = self.strategy();
+        if strategy != Strategy::DbPessimistic {
+            let rows = store::read_segments(tx, sku, segments, false).await?;
+            return Ok((rows, None));
+        }
+        let labels = self.lock_labels(segments);
+        let span = tracing::info_span!(
+            "lock.wait",
+            strategy = strategy.as_str(),
+            segment = labels.join(","),
+            acquired = true,
+            lock.kind = "row",
+        );
+        let started = tokio::time::Instant::now();
+        let rows = store::read_segments(tx, sku, segments, true)
+            .instrument(span)
+            .await?;
+        self.metrics
+            .lock_wait(strategy, &labels, started.elapsed(), true);
+        Ok((rows, Some(tokio::time::Instant::now())))
+    }
+
+    /// db-pessimistic: the row locks taken at `since` were held until now (the transaction
+    /// ended).
+    pub(crate) fn row_locks_released(&self, since: Option<tokio::time::Instant>, segments: &[i32]) {
+        if let Some(since) = since {
+            self.metrics.lock_hold(
+                self.strategy(),
+                &self.lock_labels(segments),
+                since.elapsed(),
             );
-            let started = tokio::time::Instant::now();
-            let rows = store::read_segments(&mut tx, sku, segments, true)
-                .instrument(span)
-                .await?;
-            *row_locked = Some(tokio::time::Instant::now());
-            self.metrics
-                .lock_wait(strategy, &labels, started.elapsed(), true);
-            rows
-        } else {
-            store::read_segments(&mut tx, sku, segments, false).await?
-        };
+        }
+    }
+
+    /// How a write of `row` proves it is still entitled to write, under `token`.
+    pub(crate) fn write_guard(
+        &self,
+        row: &SegmentRow,
+        token: Option<i64>,
+    ) -> Result<WriteGuard, StockError> {
+        match (self.strategy(), token) {
+            (Strategy::DbOptimistic, _) => Ok(WriteGuard::Version(row.version)),
+            (s, Some(token)) if s.is_fenced() => Ok(WriteGuard::Fence {
+                seen: row.last_fence,
+                token,
+            }),
+            (s, None) if s.is_fenced() => Err(StockError::FenceRejected),
+            _ => Ok(WriteGuard::None),
+        }
+    }
+
+    /// The configured pause between read and write (demos and tests widen the race window).
+    pub(crate) async fn rmw_pause(&self) {
+        if !self.config.rmw_delay.is_zero() {
+            tokio::time::sleep(self.config.rmw_delay).await;
+        }
+    }
+
+    /// Plan `op` over the `rows` read, write the touched segments and record the movement;
+    /// commits `tx` when it did.
+    #[allow(clippy::too_many_arguments)]
+    async fn apply(
+        &self,
+        mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+        op: &Op,
+        sku: &str,
+        generation: i64,
+        rows: &[SegmentRow],
+        order_id: &str,
+        tokens: &Tokens,
+    ) -> Result<Rmw, StockError> {
         let seen: Vec<(i32, i64)> = rows.iter().map(|r| (r.segment, r.available)).collect();
         let (kind, parts, sign) = match op {
-            Op::Deduct(qty) => match plan_deduction(&rows, *qty) {
+            Op::Deduct(qty) => match plan_deduction(rows, *qty) {
                 Some(parts) => (MovementKind::Deduct, parts, -1),
                 None => return Ok(Rmw::Insufficient(seen)),
             },
             Op::Release(parts) => (MovementKind::Release, parts.clone(), 1),
         };
-        if !self.config.rmw_delay.is_zero() {
-            tokio::time::sleep(self.config.rmw_delay).await;
-        }
+        self.rmw_pause().await;
         let mut after = Vec::with_capacity(parts.len());
         for part in &parts {
             let Some(row) = rows.iter().find(|r| r.segment == part.segment) else {
                 return Err(StockError::Conflict);
             };
-            let token = match strategy {
-                Strategy::RedisLock => held.token(&self.item_lock(sku)),
-                _ => held.token(&self.segment_lock(sku, row.segment)),
-            };
-            let guard = match (strategy, token) {
-                (Strategy::DbOptimistic, _) => WriteGuard::Version(row.version),
-                (s, Some(token)) if s.is_fenced() => WriteGuard::Fence {
-                    seen: row.last_fence,
-                    token,
-                },
-                (s, None) if s.is_fenced() => return Err(StockError::FenceRejected),
-                _ => WriteGuard::None,
-            };
+            let token = tokens.of(row.segment);
+            let guard = self.write_guard(row, token)?;
             let value = row.available + sign * part.qty;
             if !store::write_segment(&mut tx, sku, row.segment, value, guard).await? {
                 tx.rollback().await?;
@@ -806,10 +956,10 @@ impl Stock {
             sku: sku.to_owned(),
             qty: parts.iter().map(|p| p.qty).sum(),
             parts,
-            strategy: strategy.as_str().to_owned(),
+            strategy: self.strategy().as_str().to_owned(),
             generation,
         };
-        if !commit_movement(tx, kind, &movement, strategy).await? {
+        if !commit_movement(tx, kind, &movement, self.strategy()).await? {
             return Ok(Rmw::Duplicate);
         }
         Ok(Rmw::Done { movement, after })

@@ -6,8 +6,10 @@
 
 pub mod api;
 pub mod cache;
+pub mod combine;
 pub mod config;
 pub mod engine;
+pub mod group;
 pub mod metrics;
 pub mod store;
 pub mod strategy;
@@ -67,6 +69,7 @@ pub async fn connect(config: StockConfig) -> anyhow::Result<Stock> {
     .context("cannot subscribe to stock events")?;
     let metrics = metrics::StockMetrics::new(&opentelemetry::global::meter("stock-service"));
     let oversold = metrics::OversoldWatch::default();
+    let groups = std::sync::Arc::new(group::Groups::new(config.batch_max));
     oversold.spawn(pool.clone(), metrics.clone(), OVERSOLD_CHECK_INTERVAL);
     Ok(Stock {
         pool,
@@ -76,6 +79,7 @@ pub async fn connect(config: StockConfig) -> anyhow::Result<Stock> {
         config,
         metrics,
         oversold,
+        groups,
     })
 }
 

@@ -27,6 +27,7 @@ pub struct StockMetrics {
     counters_reseeded: Counter<u64>,
     available: Gauge<i64>,
     oversold: Gauge<i64>,
+    group_size: Histogram<u64>,
 }
 
 impl StockMetrics {
@@ -93,6 +94,14 @@ impl StockMetrics {
                      deducted - released - initial, at least 0); anything but 0 is a bug",
                 )
                 .build(),
+            group_size: meter
+                .u64_histogram("stock.group.size")
+                .with_unit("{deduction}")
+                .with_description(
+                    "Deductions applied in one transaction by a combining leader, by strategy",
+                )
+                .with_boundaries(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0])
+                .build(),
         }
     }
 
@@ -138,6 +147,14 @@ impl StockMetrics {
                 ],
             );
         }
+    }
+
+    /// One group of combined deductions, `size` of them.
+    pub(crate) fn group_size(&self, strategy: Strategy, size: usize) {
+        self.group_size.record(
+            u64::try_from(size).unwrap_or(u64::MAX),
+            &[KeyValue::new("strategy", strategy.as_str())],
+        );
     }
 
     pub(crate) fn oversold(&self, sku: &str, units: i64) {

@@ -1,6 +1,8 @@
 //! PostgreSQL access: items, segments, the movement ledger, and the audit. The database is the
 //! source of truth; every write a strategy makes goes through here.
 
+use std::collections::HashSet;
+
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::PgPool;
 use sqlx::{PgConnection, Row};
@@ -337,6 +339,49 @@ pub async fn insert_movement(
     .execute(conn)
     .await?;
     Ok(done.rows_affected() == 1)
+}
+
+/// Record several movements of one kind in one statement (a group's ledger rows). Returns
+/// which were recorded: an order that already has a movement of this kind is skipped (its
+/// request is a replay). Rows go in in order-id order, so that two groups inserting the same
+/// ids in a different order wait for each other instead of deadlocking.
+pub async fn insert_movements(
+    conn: &mut PgConnection,
+    kind: MovementKind,
+    movements: &[Movement],
+    strategy: Strategy,
+) -> sqlx::Result<HashSet<String>> {
+    let mut order_ids = Vec::with_capacity(movements.len());
+    let mut skus = Vec::with_capacity(movements.len());
+    let mut generations = Vec::with_capacity(movements.len());
+    let mut qtys = Vec::with_capacity(movements.len());
+    let mut parts = Vec::with_capacity(movements.len());
+    for m in movements {
+        order_ids.push(m.order_id.as_str());
+        skus.push(m.sku.as_str());
+        generations.push(m.generation);
+        qtys.push(m.qty);
+        parts.push(serde_json::to_string(&m.parts).map_err(|e| sqlx::Error::Encode(Box::new(e)))?);
+    }
+    let recorded: Vec<String> = sqlx::query_scalar(
+        "INSERT INTO stock_movements (order_id, kind, sku, generation, qty, parts, strategy)
+         SELECT o, $2, s, g, q, p::jsonb, $7
+         FROM UNNEST($1::text[], $3::text[], $4::bigint[], $5::bigint[], $6::text[])
+              AS t(o, s, g, q, p)
+         ORDER BY o
+         ON CONFLICT DO NOTHING
+         RETURNING order_id",
+    )
+    .bind(&order_ids)
+    .bind(kind.as_str())
+    .bind(&skus)
+    .bind(&generations)
+    .bind(&qtys)
+    .bind(&parts)
+    .bind(strategy.as_str())
+    .fetch_all(conn)
+    .await?;
+    Ok(recorded.into_iter().collect())
 }
 
 /// The movement of `kind` recorded for `order_id`, if any.

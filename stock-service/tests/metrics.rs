@@ -214,17 +214,31 @@ async fn lock_operation_and_oversold_metrics_show_up_in_a_scrape() {
             .all(|l| !l.contains("acquired=")),
         "hold has no acquired label"
     );
-    // Every segmented observation is a single segment's or, for the multi-segment
-    // deduction, one per segment of it: 40 sales + the 3-segment deduction + its release.
-    let seg_waits: f64 = samples(
-        &text,
-        "stock_lock_wait_duration_seconds_count",
-        &[("strategy", "segmented")],
-    )
-    .iter()
-    .map(|l| value(l))
-    .sum();
-    assert!(seg_waits >= 46.0, "{seg_waits}");
+    // One lock wait per critical section: a group of combined single-segment deductions
+    // takes its segment's lock once; the multi-segment deduction and its release observe
+    // one per segment. The 40 sales went through groups, and under 16 in flight on 4
+    // segments with a 2 ms critical section some groups held more than one deduction.
+    let total = |metric: &str| -> f64 {
+        samples(&text, metric, &[("strategy", "segmented")])
+            .iter()
+            .map(|l| value(l))
+            .sum()
+    };
+    let seg_waits = total("stock_lock_wait_duration_seconds_count");
+    let groups = total("stock_group_size_count");
+    let grouped = total("stock_group_size_sum");
+    assert!(
+        grouped >= 40.0,
+        "every sale went through a group: {grouped}"
+    );
+    assert!(
+        grouped > groups,
+        "groups larger than one were formed: {grouped} deductions in {groups} groups"
+    );
+    assert!(
+        seg_waits >= groups + 6.0,
+        "{seg_waits} waits, {groups} groups"
+    );
 
     assert_has(
         &text,

@@ -1,0 +1,245 @@
+//! Group deduction: concurrent single-segment deductions of one instance applied by one leader
+//! in one transaction.
+//!
+//! A request joins its segment's queue ([`crate::combine`]). The worker draining that queue
+//! takes the segment's lock exactly as a lone request would (the strategy's lock, lease,
+//! watchdog and fencing token; `attempt`'s retry policy), and in one transaction reads the
+//! segment, decides who gets units ([`plan`]), inserts every ledger row in one statement, and
+//! writes the segment once, by the sum, under the same write guard (the fence). Then each
+//! request gets the outcome it would have got alone: done, short of units (its caller moves on
+//! to the next segment), or a replay. A refused write or a failure fails the whole group and
+//! changes nothing: the transaction is rolled back, every request gets the error.
+
+pub mod plan;
+
+use std::sync::Arc;
+
+use tokio::sync::oneshot;
+use tracing::{Instrument as _, Span};
+
+use crate::combine::{Combiner, Worker};
+use crate::engine::{Refusal, Rmw, Stock, StockError, Tokens};
+use crate::store::{self, Movement, MovementKind, Part, SegmentRow};
+use plan::{GroupPlan, Verdict};
+
+/// A segment's queue key: item and segment.
+pub type GroupKey = (String, i32);
+
+/// The queues of one instance.
+pub type Groups = Combiner<GroupKey, Want>;
+
+/// One queued deduction and where its answer goes.
+#[derive(Debug)]
+pub struct Want {
+    order_id: String,
+    qty: i64,
+    generation: i64,
+    span: Span,
+    reply: oneshot::Sender<Result<Rmw, StockError>>,
+}
+
+/// What a group's critical section came to.
+enum GroupRmw {
+    /// One outcome per request, in order.
+    Done(Vec<Rmw>),
+    /// The write guard refused the segment's write; nothing was written.
+    Rejected { row: SegmentRow, token: Option<i64> },
+}
+
+impl Refusal for GroupRmw {
+    fn refused(&self) -> Option<(SegmentRow, Option<i64>)> {
+        match self {
+            GroupRmw::Rejected { row, token } => Some((*row, *token)),
+            GroupRmw::Done(_) => None,
+        }
+    }
+}
+
+impl Stock {
+    /// Deduct `qty` of `sku` from `segment` for `order_id` together with whatever concurrent
+    /// deductions of that segment queue up meanwhile.
+    pub(crate) async fn deduct_in_group(
+        &self,
+        sku: &str,
+        generation: i64,
+        segment: i32,
+        order_id: &str,
+        qty: i64,
+    ) -> Result<Rmw, StockError> {
+        let (reply, answer) = oneshot::channel();
+        let want = Want {
+            order_id: order_id.to_owned(),
+            qty,
+            generation,
+            span: Span::current(),
+            reply,
+        };
+        if let Some(worker) = self.groups.push((sku.to_owned(), segment), want) {
+            // A task of its own: the caller may be cancelled (its client went away), the
+            // group it leads must still finish and answer everyone in it.
+            tokio::spawn(self.clone().drain(worker));
+        }
+        // The worker dropped the request without answering: it panicked. Nothing of a group
+        // is written unless its transaction committed; a retry with the same order id replays.
+        answer.await.unwrap_or(Err(StockError::Conflict))
+    }
+
+    /// Apply the queue's groups until it is empty.
+    async fn drain(self, mut worker: Worker<GroupKey, Want>) {
+        loop {
+            let wants = worker.next_batch();
+            if wants.is_empty() {
+                return;
+            }
+            let (sku, segment) = worker.key().clone();
+            self.metrics.group_size(self.config.strategy, wants.len());
+            let span =
+                tracing::info_span!(parent: &wants[0].span, "stock.group", size = wants.len());
+            for want in &wants[1..] {
+                span.follows_from(&want.span);
+            }
+            let outcomes = self
+                .deduct_group(&sku, segment, &wants)
+                .instrument(span)
+                .await;
+            for (want, outcome) in wants.into_iter().zip(outcomes) {
+                // A caller that went away no longer needs its answer; its deduction stands
+                // and a retry replays it.
+                let _ = want.reply.send(outcome);
+            }
+        }
+    }
+
+    /// The group under the segment's lock; one outcome per request.
+    async fn deduct_group(
+        &self,
+        sku: &str,
+        segment: i32,
+        wants: &[Want],
+    ) -> Vec<Result<Rmw, StockError>> {
+        let segments = [segment];
+        let outcome = self
+            .attempt(sku, &segments, "deduct", move |tokens| {
+                self.group_rmw(sku, segment, wants, tokens)
+            })
+            .await;
+        match outcome {
+            Ok(GroupRmw::Done(outcomes)) => outcomes.into_iter().map(Ok).collect(),
+            Ok(GroupRmw::Rejected { .. }) => {
+                wants.iter().map(|_| Err(StockError::Conflict)).collect()
+            }
+            Err(err) => {
+                let shared = Arc::new(err);
+                wants
+                    .iter()
+                    .map(|_| Err(StockError::Shared(Arc::clone(&shared))))
+                    .collect()
+            }
+        }
+    }
+
+    /// One transaction: read the segment, plan, record the ledger rows, write the segment by
+    /// the sum under the write guard, commit.
+    async fn group_rmw(
+        &self,
+        sku: &str,
+        segment: i32,
+        wants: &[Want],
+        tokens: Tokens,
+    ) -> Result<GroupRmw, StockError> {
+        let mut tx = self.pool.begin().await?;
+        let (rows, row_locked) = self.read_for_write(&mut tx, sku, &[segment]).await?;
+        let outcome = match rows.first() {
+            Some(row) => {
+                self.apply_group(tx, sku, wants, *row, tokens.of(segment))
+                    .await
+            }
+            // The item was reset to fewer segments meanwhile: nothing here for anyone.
+            None => Ok(GroupRmw::Done(
+                wants
+                    .iter()
+                    .map(|_| Rmw::Insufficient(Vec::new()))
+                    .collect(),
+            )),
+        };
+        self.row_locks_released(row_locked, &[segment]);
+        outcome
+    }
+
+    async fn apply_group(
+        &self,
+        mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+        sku: &str,
+        wants: &[Want],
+        row: SegmentRow,
+        token: Option<i64>,
+    ) -> Result<GroupRmw, StockError> {
+        self.rmw_pause().await;
+        let mut plan = GroupPlan::new(
+            wants.iter().map(|w| (w.order_id.as_str(), w.qty)),
+            row.available,
+        );
+        loop {
+            let picked = plan.fit();
+            if picked.is_empty() {
+                break;
+            }
+            let movements: Vec<Movement> = picked
+                .iter()
+                .map(|&i| self.movement(sku, row.segment, &wants[i]))
+                .collect();
+            let recorded = store::insert_movements(
+                &mut tx,
+                MovementKind::Deduct,
+                &movements,
+                self.config.strategy,
+            )
+            .await?;
+            if !plan.settle(&picked, |i| recorded.contains(&wants[i].order_id)) {
+                break;
+            }
+        }
+        let left = plan.left();
+        if left == row.available {
+            // Nothing taken: nothing to write.
+            tx.rollback().await?;
+        } else {
+            let guard = self.write_guard(&row, token)?;
+            if !store::write_segment(&mut tx, sku, row.segment, left, guard).await? {
+                tx.rollback().await?;
+                return Ok(GroupRmw::Rejected { row, token });
+            }
+            tx.commit().await?;
+        }
+        let after = vec![(row.segment, left)];
+        let outcomes = plan
+            .verdicts()
+            .into_iter()
+            .zip(wants)
+            .map(|(verdict, want)| match verdict {
+                Verdict::Take => Rmw::Done {
+                    movement: self.movement(sku, row.segment, want),
+                    after: after.clone(),
+                },
+                Verdict::Duplicate => Rmw::Duplicate,
+                Verdict::Short | Verdict::Pending => Rmw::Insufficient(after.clone()),
+            })
+            .collect();
+        Ok(GroupRmw::Done(outcomes))
+    }
+
+    /// The ledger row of `want` taking its units from `segment`.
+    fn movement(&self, sku: &str, segment: i32, want: &Want) -> Movement {
+        Movement {
+            order_id: want.order_id.clone(),
+            sku: sku.to_owned(),
+            qty: want.qty,
+            parts: vec![Part {
+                segment,
+                qty: want.qty,
+            }],
+            strategy: self.config.strategy.as_str().to_owned(),
+            generation: want.generation,
+        }
+    }
+}
