@@ -24,7 +24,7 @@
 //! |---|---|---|
 //! | `REDIS_URL` | `redis://127.0.0.1:6379/` | Redis for locks, fences and the cache |
 //! | `DATABASE_URL` | `postgres://postgres@127.0.0.1:5432/postgres` | the server; the bench uses its own database `seckill_bench` there |
-//! | `BENCH_STOCK` | 2000 | units per item |
+//! | `BENCH_STOCK` | 10000 | units per item |
 //! | `BENCH_SEGMENTS` | 8 | segments per item |
 //! | `BENCH_BUYERS` | 3 × stock | deduction requests per strategy |
 //! | `BENCH_CONCURRENCY` | 64 | requests in flight |
@@ -33,6 +33,13 @@
 //! | `BENCH_STRATEGIES` | all seven | comma-separated `STOCK_STRATEGY` values |
 //! | `BENCH_SEGMENT_SWEEP` | `1,4,16` | extra `segmented` runs with these segment counts (empty: none) |
 //! | `BENCH_ROUNDS` | 1 | sell-outs per strategy, interleaved; the table shows medians and ranges |
+//! | `BENCH_BATCH_MAX` | 64 | the services' `STOCK_BATCH_MAX` (group deduction) |
+//! | `BENCH_COMBINING_OFF` | true | also run each strategy that combines with `STOCK_BATCH_MAX=1` |
+//! | `BENCH_ANCHOR_CLIENTS` | 16 | clients of the hot-row anchor |
+//!
+//! Before the strategies, the hot-row anchor (`testkit::anchor`) measures what one PostgreSQL
+//! row takes at one unit per transaction on this machine; the table shows every rate as a
+//! ratio to it.
 //!
 //! Exit status: non-zero when any strategy other than `naive` oversold or failed its audit, or
 //! a run could not be done at all. `naive` oversells by design; its numbers are reported only.
@@ -66,6 +73,8 @@ const DATABASE: &str = "seckill_bench";
 const DB_MAX_CONNECTIONS: &str = "8";
 /// Long enough that no deduction gives up waiting for a lock: every run must sell out.
 const LOCK_WAIT_MS: &str = "60000";
+/// How long the hot-row anchor runs.
+const ANCHOR_DURATION: Duration = Duration::from_secs(3);
 /// How many unexpected answers to print per run.
 const ERROR_SAMPLES: usize = 3;
 
@@ -128,6 +137,12 @@ async fn main() -> anyhow::Result<ExitCode> {
         }
     }
 
+    // The machine's physical anchor, in the same run: every rate is also shown as a ratio to it.
+    let anchor = testkit::anchor::hot_row(&database_url, opts.anchor_clients, ANCHOR_DURATION)
+        .await
+        .context("measuring the hot-row anchor")?;
+    println!("Hot-row anchor: {anchor}.");
+
     // Rounds interleave the strategies (each round starting one further along the list), so
     // that a burst of other work on the machine does not land on one strategy only.
     let mut results: Vec<Vec<anyhow::Result<Measured>>> =
@@ -166,7 +181,7 @@ async fn main() -> anyhow::Result<ExitCode> {
         .zip(&results)
         .map(|(run, rs)| (run, Row::new(rs)))
         .collect();
-    println!("{}", table(&rows, opts.rounds));
+    println!("{}", table(&rows, opts.rounds, anchor.tx_per_s));
     println!("At the end: {}.", load_average());
     let mut failed = false;
     for (run, rs) in opts.runs.iter().zip(&results) {
@@ -207,6 +222,8 @@ struct Run {
     label: String,
     strategy: Strategy,
     segments: i32,
+    /// The instances' `STOCK_BATCH_MAX` (1: no combining).
+    batch_max: usize,
 }
 
 /// The bench's settings.
@@ -220,6 +237,8 @@ struct Options {
     rmw_delay_ms: u64,
     segments: i32,
     rounds: usize,
+    batch_max: usize,
+    anchor_clients: usize,
     runs: Vec<Run>,
 }
 
@@ -240,7 +259,7 @@ where
 
 impl Options {
     fn from_env() -> anyhow::Result<Self> {
-        let stock: i64 = env_or("BENCH_STOCK", 2000)?;
+        let stock: i64 = env_or("BENCH_STOCK", 10_000)?;
         let segments: i32 = env_or("BENCH_SEGMENTS", 8)?;
         let buyers: usize = env_or("BENCH_BUYERS", usize::try_from(stock * 3).unwrap_or(0))?;
         let concurrency: usize = env_or("BENCH_CONCURRENCY", 64)?;
@@ -275,19 +294,32 @@ impl Options {
                     .map_err(|e| anyhow!("BENCH_SEGMENT_SWEEP: {s:?}: {e}"))
             })
             .collect::<anyhow::Result<_>>()?;
-        let mut runs: Vec<Run> = strategies
-            .iter()
-            .map(|&strategy| Run {
+        let batch_max: usize = env_or("BENCH_BATCH_MAX", 64)?;
+        ensure!(batch_max > 0, "BENCH_BATCH_MAX must be positive");
+        let compare_off = env_or("BENCH_COMBINING_OFF", true)?;
+        let mut runs: Vec<Run> = Vec::new();
+        for &strategy in &strategies {
+            runs.push(Run {
                 label: strategy.as_str().to_owned(),
                 strategy,
                 segments,
-            })
-            .collect();
+                batch_max,
+            });
+            if compare_off && batch_max > 1 && strategy.combines() {
+                runs.push(Run {
+                    label: format!("{strategy}, no combining"),
+                    strategy,
+                    segments,
+                    batch_max: 1,
+                });
+            }
+        }
         if strategies.contains(&Strategy::Segmented) {
             runs.extend(sweep.into_iter().filter(|&s| s != segments).map(|s| Run {
                 label: format!("segmented, S = {s}"),
                 strategy: Strategy::Segmented,
                 segments: s,
+                batch_max,
             }));
         }
         Ok(Options {
@@ -299,6 +331,8 @@ impl Options {
             rmw_delay_ms: env_or("BENCH_RMW_DELAY_MS", 0)?,
             segments,
             rounds,
+            batch_max,
+            anchor_clients: env_or("BENCH_ANCHOR_CLIENTS", 16)?,
             runs,
         })
     }
@@ -307,13 +341,15 @@ impl Options {
         format!(
             "Load: stock {} over {} segments (S), {} buyers (qty 1), {} in flight, {} instances, \
              RMW_DELAY_MS {}, DB_MAX_CONNECTIONS {DB_MAX_CONNECTIONS} per instance, \
-             LOCK_WAIT_MS {LOCK_WAIT_MS}, other settings at their defaults; {} round{}.",
+             LOCK_WAIT_MS {LOCK_WAIT_MS}, STOCK_BATCH_MAX {} (rows marked `no combining`: 1), \
+             other settings at their defaults; {} round{}.",
             self.stock,
             self.segments,
             self.buyers,
             self.concurrency,
             self.instances,
             self.rmw_delay_ms,
+            self.batch_max,
             self.rounds,
             if self.rounds == 1 { "" } else { "s" }
         )
@@ -709,6 +745,7 @@ async fn sell_out(
         ("REDIS_URL", opts.redis_url.clone()),
         ("BIND_ADDR", "127.0.0.1:0".into()),
         ("STOCK_STRATEGY", run.strategy.as_str().to_owned()),
+        ("STOCK_BATCH_MAX", run.batch_max.to_string()),
         ("DB_MAX_CONNECTIONS", DB_MAX_CONNECTIONS.into()),
         ("LOCK_WAIT_MS", LOCK_WAIT_MS.into()),
         ("RMW_DELAY_MS", opts.rmw_delay_ms.to_string()),
@@ -866,21 +903,12 @@ fn ms(d: Option<Duration>) -> String {
     }
 }
 
-/// The results as a markdown table.
-fn table(rows: &[(&Run, Row)], rounds: usize) -> String {
-    let baseline = rows
-        .iter()
-        .find(|(run, row)| {
-            run.strategy == Strategy::DbPessimistic
-                && run.label == "db-pessimistic"
-                && row.failed_rounds < row.rounds
-        })
-        .map(|(_, row)| row.sold_per_s)
-        .filter(|b| *b > 0.0);
+/// The results as a markdown table; rates also as a ratio to the hot-row `anchor` (tx/s).
+fn table(rows: &[(&Run, Row)], rounds: usize, anchor: f64) -> String {
     let range_head = if rounds > 1 { " sold/s range |" } else { "" };
     let range_rule = if rounds > 1 { "--:|" } else { "" };
     let mut out = format!(
-        "| strategy | S | sold | sold/s |{range_head} ratio to db-pessimistic | p50 ok ms \
+        "| strategy | S | sold | sold/s |{range_head} × hot-row anchor | p50 ok ms \
          | p99 ok ms | p99 rejection ms | lock wait p99 ms | oversold | audit | errors |\n\
          |---|--:|--:|--:|{range_rule}--:|--:|--:|--:|--:|--:|---|--:|\n",
     );
@@ -895,7 +923,11 @@ fn table(rows: &[(&Run, Row)], rounds: usize) -> String {
             );
             continue;
         }
-        let ratio = baseline.map_or_else(|| "—".into(), |b| format!("{:.2}", row.sold_per_s / b));
+        let ratio = if anchor > 0.0 {
+            format!("{:.2}", row.sold_per_s / anchor)
+        } else {
+            "—".into()
+        };
         let range = if rounds > 1 {
             format!(
                 " {:.0}–{:.0} |",

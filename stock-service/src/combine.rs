@@ -12,6 +12,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 /// Per-key queues. A key is in the map exactly while a worker is draining it.
@@ -19,6 +20,17 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 pub struct Combiner<K, R> {
     queues: Mutex<HashMap<K, VecDeque<R>>>,
     max: usize,
+    batches: AtomicU64,
+    drained: AtomicU64,
+}
+
+/// How much combining happened so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CombineStats {
+    /// Batches handed to workers.
+    pub batches: u64,
+    /// Requests in them.
+    pub requests: u64,
 }
 
 impl<K: Hash + Eq + Clone, R> Combiner<K, R> {
@@ -27,6 +39,8 @@ impl<K: Hash + Eq + Clone, R> Combiner<K, R> {
         Combiner {
             queues: Mutex::new(HashMap::new()),
             max: max.max(1),
+            batches: AtomicU64::new(0),
+            drained: AtomicU64::new(0),
         }
     }
 
@@ -55,6 +69,14 @@ impl<K: Hash + Eq + Clone, R> Combiner<K, R> {
             key,
             done: false,
         })
+    }
+
+    /// Batches and requests drained so far (tests check that groups larger than one form).
+    pub fn stats(&self) -> CombineStats {
+        CombineStats {
+            batches: self.batches.load(Ordering::Relaxed),
+            requests: self.drained.load(Ordering::Relaxed),
+        }
     }
 
     /// Keys being drained now (for tests and diagnostics).
@@ -96,6 +118,10 @@ impl<K: Hash + Eq + Clone, R> Worker<K, R> {
             return Vec::new();
         }
         let n = queue.len().min(self.combiner.max);
+        self.combiner.batches.fetch_add(1, Ordering::Relaxed);
+        self.combiner
+            .drained
+            .fetch_add(u64::try_from(n).unwrap_or(u64::MAX), Ordering::Relaxed);
         queue.drain(..n).collect()
     }
 }

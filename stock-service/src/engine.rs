@@ -15,6 +15,7 @@ use tracing::{Instrument as _, Span};
 use crate::cache::StockCache;
 use crate::config::StockConfig;
 use crate::group::Groups;
+use crate::shape::ShapeCache;
 use crate::metrics::{OversoldWatch, StockMetrics, lock_labels};
 use crate::store::{self, ItemStock, Movement, MovementKind, Part, SegmentRow, WriteGuard};
 use crate::strategy::Strategy;
@@ -248,6 +249,15 @@ pub struct Stock {
     pub oversold: OversoldWatch,
     /// Queues of concurrent single-segment deductions, one per segment (group deduction).
     pub groups: Arc<Groups>,
+    /// Items' segment counts, remembered for a moment (combined deductions).
+    pub shapes: Arc<ShapeCache>,
+}
+
+/// What a deduction knows of its item before it starts.
+struct Shape {
+    segments: i32,
+    /// `None` when combining: the group reads it in its own transaction.
+    generation: Option<i64>,
 }
 
 /// The span of one PostgreSQL transaction (`db.transaction`, OpenTelemetry database client
@@ -331,6 +341,7 @@ impl Stock {
             .iter()
             .map(|s| (s.segment, s.available))
             .collect();
+        self.shapes.forget(sku);
         self.cache.reset(sku, &values).await?;
         self.metrics.stock_level(&item);
         // A new generation has sold nothing yet.
@@ -381,22 +392,20 @@ impl Stock {
             self.metrics.sold_out_fast();
             return Err(StockError::SoldOut(sku.to_owned()));
         }
-        let mut conn = self.pool.acquire().await?;
-        if let Some(m) = store::movement(&mut conn, order_id, MovementKind::Deduct).await? {
-            return self.replay(sku, m);
-        }
-        let (generation, segments) = store::item_shape(&mut conn, sku)
-            .await?
-            .ok_or_else(|| StockError::NotFound(sku.to_owned()))?;
-        drop(conn);
+        let shape = match self.shape(sku, order_id).await? {
+            Ok(shape) => shape,
+            Err(recorded) => return self.replay(sku, recorded),
+        };
         if self.strategy() == Strategy::RedisAtomic {
+            let generation = self.generation(sku, shape.generation).await?;
             return self
-                .deduct_atomic(sku, order_id, qty, generation, segments)
+                .deduct_atomic(sku, order_id, qty, generation, shape.segments)
                 .await;
         }
 
         // One segment that covers the quantity, starting at a random one, skipping those the
         // cache says cannot cover it.
+        let segments = shape.segments;
         let cached = self.cache.availability(sku).await;
         let start = rand::rng().random_range(0..segments);
         for i in 0..segments {
@@ -405,7 +414,7 @@ impl Stock {
                 continue;
             }
             match self
-                .deduct_segment(sku, generation, segment, order_id, qty)
+                .deduct_segment(sku, shape.generation, segment, order_id, qty)
                 .await?
             {
                 Rmw::Done { movement, after } => return Ok(self.done(sku, movement, &after).await),
@@ -414,10 +423,25 @@ impl Stock {
                 Rmw::Rejected { .. } => return Err(StockError::Conflict),
             }
         }
+        self.deduct_across(sku, shape.generation, order_id, qty)
+            .await
+    }
 
-        // No single segment: the total decides (several segments, or sold out).
+    /// No single segment covers `qty`: the total decides (several segments under one
+    /// MultiLock, or not enough). An order that already has a deduction is replayed, not
+    /// refused (a combined request has not looked at the ledger before).
+    async fn deduct_across(
+        &self,
+        sku: &str,
+        generation: Option<i64>,
+        order_id: &str,
+        qty: i64,
+    ) -> Result<StockChange, StockError> {
         let epoch = self.cache.epoch(sku).await?;
         let mut conn = self.pool.acquire().await?;
+        if let Some(m) = store::movement(&mut conn, order_id, MovementKind::Deduct).await? {
+            return self.replay(sku, m);
+        }
         let rows = store::read_segments(&mut conn, sku, &[], false).await?;
         drop(conn);
         let total: i64 = rows.iter().map(|r| r.available).sum();
@@ -429,6 +453,7 @@ impl Stock {
             .filter(|r| r.available > 0)
             .map(|r| r.segment)
             .collect();
+        let generation = self.generation(sku, generation).await?;
         match self
             .attempt_one(&Op::Deduct(qty), sku, generation, &nonempty, order_id)
             .await?
@@ -441,6 +466,81 @@ impl Stock {
             }
             Rmw::Duplicate => self.replay_after_race(sku, order_id).await,
             Rmw::Rejected { .. } => Err(StockError::Conflict),
+        }
+    }
+
+    /// Whether single-segment deductions are combined into groups.
+    fn combining(&self) -> bool {
+        self.config.batch_max > 1 && self.strategy().combines()
+    }
+
+    /// The item's shape, or (as `Err`) the deduction the order already has. Combining, only
+    /// the segment count, remembered for a moment: the group reads the generation and finds a
+    /// repeated order id in its own transaction, so a request costs the database nothing on its
+    /// own. Alone: both from the database in one round trip.
+    async fn shape(
+        &self,
+        sku: &str,
+        order_id: &str,
+    ) -> Result<Result<Shape, Movement>, StockError> {
+        if self.combining() {
+            if let Some(segments) = self.shapes.segments(sku) {
+                return Ok(Ok(Shape {
+                    segments,
+                    generation: None,
+                }));
+            }
+            let mut conn = self.pool.acquire().await?;
+            let Some((_, segments)) = store::item_shape(&mut conn, sku).await? else {
+                drop(conn);
+                return Err(self.unknown_item(sku, order_id).await);
+            };
+            self.shapes.remember(sku, segments);
+            return Ok(Ok(Shape {
+                segments,
+                generation: None,
+            }));
+        }
+        let Some((generation, segments, recorded)) =
+            store::deduction_context(&self.pool, sku, order_id).await?
+        else {
+            return Err(self.unknown_item(sku, order_id).await);
+        };
+        Ok(match recorded {
+            Some(m) => Err(m),
+            None => Ok(Shape {
+                segments,
+                generation: Some(generation),
+            }),
+        })
+    }
+
+    /// `known`, or the item's current generation from the database.
+    async fn generation(&self, sku: &str, known: Option<i64>) -> Result<i64, StockError> {
+        if let Some(generation) = known {
+            return Ok(generation);
+        }
+        let mut conn = self.pool.acquire().await?;
+        store::item_shape(&mut conn, sku)
+            .await?
+            .map(|(generation, _)| generation)
+            .ok_or_else(|| StockError::NotFound(sku.to_owned()))
+    }
+
+    /// The answer for a deduction of an unknown item: the order's use of another item if it
+    /// has one, else not found.
+    async fn unknown_item(&self, sku: &str, order_id: &str) -> StockError {
+        let used = async {
+            let mut conn = self.pool.acquire().await?;
+            store::movement(&mut conn, order_id, MovementKind::Deduct).await
+        };
+        match used.await {
+            Ok(Some(m)) => StockError::OrderConflict {
+                order_id: m.order_id,
+                other: m.sku,
+            },
+            Ok(None) => StockError::NotFound(sku.to_owned()),
+            Err(err) => StockError::Db(err),
         }
     }
 
@@ -569,23 +669,24 @@ impl Stock {
     }
 
     /// Deduct `qty` from one segment: combined with the concurrent deductions of that segment
-    /// in this instance (one leader, one transaction), or alone when `STOCK_BATCH_MAX` is 1.
+    /// in this instance (one leader, one transaction), or alone (`generation` known) when
+    /// combining is off.
     async fn deduct_segment(
         &self,
         sku: &str,
-        generation: i64,
+        generation: Option<i64>,
         segment: i32,
         order_id: &str,
         qty: i64,
     ) -> Result<Rmw, StockError> {
-        if self.config.batch_max <= 1 {
-            let op = Op::Deduct(qty);
-            return self
-                .attempt_one(&op, sku, generation, &[segment], order_id)
-                .await;
+        match (self.combining(), generation) {
+            (false, Some(generation)) => {
+                let op = Op::Deduct(qty);
+                self.attempt_one(&op, sku, generation, &[segment], order_id)
+                    .await
+            }
+            _ => self.deduct_in_group(sku, segment, order_id, qty).await,
         }
-        self.deduct_in_group(sku, generation, segment, order_id, qty)
-            .await
     }
 
     /// Take the strategy's lock(s), run the critical `section` with the tokens it must write

@@ -11,6 +11,7 @@ pub mod config;
 pub mod engine;
 pub mod group;
 pub mod metrics;
+pub mod shape;
 pub mod store;
 pub mod strategy;
 
@@ -34,6 +35,9 @@ pub const DEFAULT_PORT: u16 = StockConfig::DEFAULT_PORT;
 
 /// How often the oversold gauge of recently changed items is recomputed from the database.
 pub const OVERSOLD_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How long an instance trusts an item's segment count without reading it again.
+pub const SHAPE_TTL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Connect to PostgreSQL (applying migrations) and Redis, and build the engine.
 pub async fn connect(config: StockConfig) -> anyhow::Result<Stock> {
@@ -70,6 +74,7 @@ pub async fn connect(config: StockConfig) -> anyhow::Result<Stock> {
     let metrics = metrics::StockMetrics::new(&opentelemetry::global::meter("stock-service"));
     let oversold = metrics::OversoldWatch::default();
     let groups = std::sync::Arc::new(group::Groups::new(config.batch_max));
+    let shapes = std::sync::Arc::new(shape::ShapeCache::new(SHAPE_TTL));
     oversold.spawn(pool.clone(), metrics.clone(), OVERSOLD_CHECK_INTERVAL);
     Ok(Stock {
         pool,
@@ -80,6 +85,7 @@ pub async fn connect(config: StockConfig) -> anyhow::Result<Stock> {
         metrics,
         oversold,
         groups,
+        shapes,
     })
 }
 

@@ -199,6 +199,45 @@ pub async fn item_shape(conn: &mut PgConnection, sku: &str) -> sqlx::Result<Opti
         .await
 }
 
+/// What a deduction needs before it starts, in one round trip: the item's generation and
+/// segment count, and the deduction `order_id` already has (of any item). `None` for an
+/// unknown item.
+pub async fn deduction_context(
+    pool: &PgPool,
+    sku: &str,
+    order_id: &str,
+) -> sqlx::Result<Option<(i64, i32, Option<Movement>)>> {
+    let row = sqlx::query(
+        "SELECT i.generation, i.segments, m.sku, m.qty, m.parts, m.strategy, m.generation
+         FROM items i
+         LEFT JOIN stock_movements m ON m.order_id = $2 AND m.kind = 'deduct'
+         WHERE i.sku = $1",
+    )
+    .bind(sku)
+    .bind(order_id)
+    .fetch_optional(pool)
+    .await?;
+    let Some(r) = row else {
+        return Ok(None);
+    };
+    let movement = match r.get::<Option<String>, _>(2) {
+        None => None,
+        Some(moved_sku) => {
+            let parts: serde_json::Value = r.get(4);
+            Some(Movement {
+                order_id: order_id.to_owned(),
+                sku: moved_sku,
+                qty: r.get(3),
+                parts: serde_json::from_value(parts)
+                    .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+                strategy: r.get(5),
+                generation: r.get(6),
+            })
+        }
+    };
+    Ok(Some((r.get(0), r.get(1), movement)))
+}
+
 /// Read segments (all of them when `only` is empty) in segment order, optionally locking the
 /// rows (`FOR UPDATE`, in that same order, so two lockers cannot deadlock).
 pub async fn read_segments(

@@ -18,6 +18,7 @@
 //! # }
 //! ```
 
+pub mod anchor;
 mod postgres_server;
 mod redis_server;
 mod util;

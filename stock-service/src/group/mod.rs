@@ -33,9 +33,18 @@ pub type Groups = Combiner<GroupKey, Want>;
 pub struct Want {
     order_id: String,
     qty: i64,
-    generation: i64,
     span: Span,
     reply: oneshot::Sender<Result<Rmw, StockError>>,
+}
+
+/// Where a group applies: the segment as read in its transaction, the item's generation, and
+/// the token to write with.
+#[derive(Debug, Clone, Copy)]
+struct At<'a> {
+    sku: &'a str,
+    row: SegmentRow,
+    generation: i64,
+    token: Option<i64>,
 }
 
 /// What a group's critical section came to.
@@ -61,7 +70,6 @@ impl Stock {
     pub(crate) async fn deduct_in_group(
         &self,
         sku: &str,
-        generation: i64,
         segment: i32,
         order_id: &str,
         qty: i64,
@@ -70,7 +78,6 @@ impl Stock {
         let want = Want {
             order_id: order_id.to_owned(),
             qty,
-            generation,
             span: Span::current(),
             reply,
         };
@@ -149,13 +156,21 @@ impl Stock {
     ) -> Result<GroupRmw, StockError> {
         let mut tx = self.pool.begin().await?;
         let (rows, row_locked) = self.read_for_write(&mut tx, sku, &[segment]).await?;
-        let outcome = match rows.first() {
-            Some(row) => {
-                self.apply_group(tx, sku, wants, *row, tokens.of(segment))
-                    .await
+        // The generation the ledger rows belong to, read in the same transaction.
+        let generation = store::item_shape(&mut tx, sku).await?.map(|(g, _)| g);
+        let outcome = match (rows.first(), generation) {
+            (Some(row), Some(generation)) => {
+                let at = At {
+                    sku,
+                    row: *row,
+                    generation,
+                    token: tokens.of(segment),
+                };
+                self.apply_group(tx, &at, wants).await
             }
-            // The item was reset to fewer segments meanwhile: nothing here for anyone.
-            None => Ok(GroupRmw::Done(
+            // The item was reset to fewer segments (or removed) meanwhile: nothing here for
+            // anyone.
+            _ => Ok(GroupRmw::Done(
                 wants
                     .iter()
                     .map(|_| Rmw::Insufficient(Vec::new()))
@@ -166,14 +181,20 @@ impl Stock {
         outcome
     }
 
+    /// Plan the group over the segment read, record the ledger rows, write the segment by the
+    /// sum under the write guard; commits `tx` when anything was taken.
     async fn apply_group(
         &self,
         mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
-        sku: &str,
+        at: &At<'_>,
         wants: &[Want],
-        row: SegmentRow,
-        token: Option<i64>,
     ) -> Result<GroupRmw, StockError> {
+        let At {
+            sku,
+            row,
+            generation: _,
+            token,
+        } = *at;
         self.rmw_pause().await;
         let mut plan = GroupPlan::new(
             wants.iter().map(|w| (w.order_id.as_str(), w.qty)),
@@ -186,7 +207,7 @@ impl Stock {
             }
             let movements: Vec<Movement> = picked
                 .iter()
-                .map(|&i| self.movement(sku, row.segment, &wants[i]))
+                .map(|&i| self.movement(at, &wants[i]))
                 .collect();
             let recorded = store::insert_movements(
                 &mut tx,
@@ -212,14 +233,19 @@ impl Stock {
             tx.commit().await?;
         }
         let after = vec![(row.segment, left)];
+        if left != row.available {
+            // Once for the group, not once per request (their `after` stays empty).
+            self.cache.set_availability(sku, &after).await;
+            self.metrics.segment_levels(sku, &after);
+        }
         let outcomes = plan
             .verdicts()
             .into_iter()
             .zip(wants)
             .map(|(verdict, want)| match verdict {
                 Verdict::Take => Rmw::Done {
-                    movement: self.movement(sku, row.segment, want),
-                    after: after.clone(),
+                    movement: self.movement(at, want),
+                    after: Vec::new(),
                 },
                 Verdict::Duplicate => Rmw::Duplicate,
                 Verdict::Short | Verdict::Pending => Rmw::Insufficient(after.clone()),
@@ -228,18 +254,18 @@ impl Stock {
         Ok(GroupRmw::Done(outcomes))
     }
 
-    /// The ledger row of `want` taking its units from `segment`.
-    fn movement(&self, sku: &str, segment: i32, want: &Want) -> Movement {
+    /// The ledger row of `want` taking its units from the segment `at`.
+    fn movement(&self, at: &At<'_>, want: &Want) -> Movement {
         Movement {
             order_id: want.order_id.clone(),
-            sku: sku.to_owned(),
+            sku: at.sku.to_owned(),
             qty: want.qty,
             parts: vec![Part {
-                segment,
+                segment: at.row.segment,
                 qty: want.qty,
             }],
             strategy: self.config.strategy.as_str().to_owned(),
-            generation: want.generation,
+            generation: at.generation,
         }
     }
 }
