@@ -15,8 +15,8 @@ use tracing::{Instrument as _, Span};
 use crate::cache::StockCache;
 use crate::config::StockConfig;
 use crate::group::Groups;
-use crate::shape::ShapeCache;
 use crate::metrics::{OversoldWatch, StockMetrics, lock_labels};
+use crate::shape::ShapeCache;
 use crate::store::{self, ItemStock, Movement, MovementKind, Part, SegmentRow, WriteGuard};
 use crate::strategy::Strategy;
 

@@ -98,9 +98,10 @@ async fn prepare(pool: &sqlx::PgPool) -> anyhow::Result<()> {
 /// One unit, one transaction.
 async fn sell_one(pool: &sqlx::PgPool, order_id: &str) -> anyhow::Result<()> {
     let mut tx = pool.begin().await?;
-    let available: i64 = sqlx::query_scalar("SELECT available FROM anchor_row WHERE id = 1 FOR UPDATE")
-        .fetch_one(&mut *tx)
-        .await?;
+    let available: i64 =
+        sqlx::query_scalar("SELECT available FROM anchor_row WHERE id = 1 FOR UPDATE")
+            .fetch_one(&mut *tx)
+            .await?;
     sqlx::query("UPDATE anchor_row SET available = $1 WHERE id = 1")
         .bind(available - 1)
         .execute(&mut *tx)
