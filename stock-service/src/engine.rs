@@ -712,11 +712,10 @@ impl Stock {
             let held = self.lock(sku, segments).await?;
             let tokens = self.tokens(sku, segments, &held);
             let (outcome, valid) = self
-                .hold(
-                    held,
-                    segments,
-                    section(tokens).instrument(db_span(operation, sku)),
-                )
+                .hold(held, segments, async {
+                    // Created inside `lock.hold`, so the transaction is its child.
+                    section(tokens).instrument(db_span(operation, sku)).await
+                })
                 .await;
             let outcome = outcome?;
             let Some((row, token)) = outcome.refused() else {

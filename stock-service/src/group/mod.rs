@@ -100,11 +100,9 @@ impl Stock {
             }
             let (sku, segment) = worker.key().clone();
             self.metrics.group_size(self.config.strategy, wants.len());
-            let span =
-                tracing::info_span!(parent: &wants[0].span, "stock.group", size = wants.len());
-            for want in &wants[1..] {
-                span.follows_from(&want.span);
-            }
+            // The group's lock.wait, lock.hold and db.transaction spans go inside the first
+            // request's span (its trace shows the critical section the others shared).
+            let span = wants[0].span.clone();
             let outcomes = self
                 .deduct_group(&sku, segment, &wants)
                 .instrument(span)
