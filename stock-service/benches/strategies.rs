@@ -90,89 +90,24 @@ async fn main() -> anyhow::Result<ExitCode> {
     println!("{}", machine(&database_url, &opts.redis_url).await);
     println!();
 
-    let masters = if opts.runs.iter().any(|r| r.strategy == Strategy::Redlock) {
-        let servers = (0..3)
-            .map(|_| RedisServer::start())
-            .collect::<anyhow::Result<Vec<_>>>()
-            .context("starting 3 throwaway redis-servers for RedLock")?;
-        eprintln!(
-            "redlock: 3 throwaway masters on ports {}",
-            servers
-                .iter()
-                .map(|s| s.port().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        servers
-    } else {
-        Vec::new()
+    let masters = redlock_masters(&opts)?;
+    let bench = Bench {
+        opts: &opts,
+        database_url: &database_url,
+        redlock_urls: masters
+            .iter()
+            .map(RedisServer::url)
+            .collect::<Vec<_>>()
+            .join(","),
+        meter: &meter,
     };
-    let redlock_urls = masters
-        .iter()
-        .map(RedisServer::url)
-        .collect::<Vec<_>>()
-        .join(",");
-
-    // One unmeasured sell-out first: warms PostgreSQL's caches, the HTTP stack and the
-    // allocator, so that the first strategy measured is not the one that pays for it.
-    if let Some(first) = opts.runs.first() {
-        let warm = Run {
-            label: format!("{} (warm-up)", first.label),
-            ..first.clone()
-        };
-        let stock = (opts.stock / 10).max(50);
-        let warm_opts = Options {
-            stock,
-            buyers: usize::try_from(stock * 3).unwrap_or(opts.buyers),
-            ..opts.clone()
-        };
-        match sell_out(&warm_opts, &warm, &database_url, &redlock_urls, &meter).await {
-            Ok(r) => eprintln!(
-                "{}: {} sold in {:.2} s, discarded",
-                warm.label,
-                r.sold(),
-                r.sell_out.as_secs_f64()
-            ),
-            Err(e) => eprintln!("{}: failed: {e:#}", warm.label),
-        }
-    }
-
+    bench.warm_up().await;
     // The machine's physical anchor, in the same run: every rate is also shown as a ratio to it.
     let anchor = testkit::anchor::hot_row(&database_url, opts.anchor_clients, ANCHOR_DURATION)
         .await
         .context("measuring the hot-row anchor")?;
     println!("Hot-row anchor: {anchor}.");
-
-    // Rounds interleave the strategies (each round starting one further along the list), so
-    // that a burst of other work on the machine does not land on one strategy only.
-    let mut results: Vec<Vec<anyhow::Result<Measured>>> =
-        opts.runs.iter().map(|_| Vec::new()).collect();
-    for round in 0..opts.rounds {
-        for k in 0..opts.runs.len() {
-            let i = (k + round) % opts.runs.len();
-            let (Some(run), Some(slot)) = (opts.runs.get(i), results.get_mut(i)) else {
-                continue;
-            };
-            let r = sell_out(&opts, run, &database_url, &redlock_urls, &meter).await;
-            let prefix = if opts.rounds > 1 {
-                format!("round {}/{}, {}", round + 1, opts.rounds, run.label)
-            } else {
-                run.label.clone()
-            };
-            match &r {
-                Ok(m) => eprintln!(
-                    "{prefix}: {} sold in {:.2} s, {} rejected, {} errors, audit {}",
-                    m.sold(),
-                    m.sell_out.as_secs_f64(),
-                    m.rejected.len(),
-                    m.errors,
-                    if m.audit_ok { "ok" } else { "NOT ok" }
-                ),
-                Err(e) => eprintln!("{prefix}: failed: {e:#}"),
-            }
-            slot.push(r);
-        }
-    }
+    let results = bench.rounds().await;
     drop(masters);
 
     let rows: Vec<(&Run, Row)> = opts
@@ -183,8 +118,120 @@ async fn main() -> anyhow::Result<ExitCode> {
         .collect();
     println!("{}", table(&rows, opts.rounds, anchor.tx_per_s));
     println!("At the end: {}.", load_average());
+    Ok(if report_failures(&opts.runs, &results) {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Three throwaway RedLock masters when a `redlock` run is on the list.
+fn redlock_masters(opts: &Options) -> anyhow::Result<Vec<RedisServer>> {
+    if !opts.runs.iter().any(|r| r.strategy == Strategy::Redlock) {
+        return Ok(Vec::new());
+    }
+    let servers = (0..3)
+        .map(|_| RedisServer::start())
+        .collect::<anyhow::Result<Vec<_>>>()
+        .context("starting 3 throwaway redis-servers for RedLock")?;
+    eprintln!(
+        "redlock: 3 throwaway masters on ports {}",
+        servers
+            .iter()
+            .map(|s| s.port().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(servers)
+}
+
+/// What every sell-out of one bench run shares.
+struct Bench<'a> {
+    opts: &'a Options,
+    database_url: &'a str,
+    redlock_urls: String,
+    meter: &'a LockWaitMeter,
+}
+
+impl Bench<'_> {
+    async fn sell_out(&self, opts: &Options, run: &Run) -> anyhow::Result<Measured> {
+        sell_out(opts, run, self.database_url, &self.redlock_urls, self.meter).await
+    }
+
+    /// One unmeasured small sell-out first: warms PostgreSQL's caches, the HTTP stack and the
+    /// allocator, so that the first strategy measured is not the one that pays for it.
+    async fn warm_up(&self) {
+        let Some(first) = self.opts.runs.first() else {
+            return;
+        };
+        let warm = Run {
+            label: format!("{} (warm-up)", first.label),
+            ..first.clone()
+        };
+        let stock = (self.opts.stock / 10).max(50);
+        let warm_opts = Options {
+            stock,
+            buyers: usize::try_from(stock * 3).unwrap_or(self.opts.buyers),
+            ..self.opts.clone()
+        };
+        match self.sell_out(&warm_opts, &warm).await {
+            Ok(r) => eprintln!(
+                "{}: {} sold in {:.2} s, discarded",
+                warm.label,
+                r.sold(),
+                r.sell_out.as_secs_f64()
+            ),
+            Err(e) => eprintln!("{}: failed: {e:#}", warm.label),
+        }
+    }
+
+    /// Every run, `rounds` times. Rounds interleave the runs (each round starting one further
+    /// along the list), so that a burst of other work on the machine does not land on one
+    /// strategy only. Results by run, in list order.
+    async fn rounds(&self) -> Vec<Vec<anyhow::Result<Measured>>> {
+        let opts = self.opts;
+        let mut results: Vec<Vec<anyhow::Result<Measured>>> =
+            opts.runs.iter().map(|_| Vec::new()).collect();
+        for round in 0..opts.rounds {
+            for k in 0..opts.runs.len() {
+                let i = (k + round) % opts.runs.len();
+                let (Some(run), Some(slot)) = (opts.runs.get(i), results.get_mut(i)) else {
+                    continue;
+                };
+                let r = self.sell_out(opts, run).await;
+                let prefix = if opts.rounds > 1 {
+                    format!("round {}/{}, {}", round + 1, opts.rounds, run.label)
+                } else {
+                    run.label.clone()
+                };
+                progress(&prefix, &r);
+                slot.push(r);
+            }
+        }
+        results
+    }
+}
+
+/// One line on stderr per sell-out.
+fn progress(prefix: &str, r: &anyhow::Result<Measured>) {
+    match r {
+        Ok(m) => eprintln!(
+            "{prefix}: {} sold in {:.2} s, {} rejected, {} errors, audit {}",
+            m.sold(),
+            m.sell_out.as_secs_f64(),
+            m.rejected.len(),
+            m.errors,
+            if m.audit_ok { "ok" } else { "NOT ok" }
+        ),
+        Err(e) => eprintln!("{prefix}: failed: {e:#}"),
+    }
+}
+
+/// Print what went wrong: runs that could not be done, unexpected answers, and any safe
+/// strategy that oversold or failed its audit. True when the bench must fail.
+fn report_failures(runs: &[Run], results: &[Vec<anyhow::Result<Measured>>]) -> bool {
     let mut failed = false;
-    for (run, rs) in opts.runs.iter().zip(&results) {
+    for (run, rs) in runs.iter().zip(results) {
         for r in rs {
             match r {
                 Err(e) => {
@@ -209,11 +256,7 @@ async fn main() -> anyhow::Result<ExitCode> {
             }
         }
     }
-    Ok(if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
+    failed
 }
 
 /// One sell-out to run.

@@ -44,11 +44,6 @@ impl<K: Hash + Eq + Clone, R> Combiner<K, R> {
         }
     }
 
-    /// Largest group.
-    pub fn max(&self) -> usize {
-        self.max
-    }
-
     fn queues(&self) -> MutexGuard<'_, HashMap<K, VecDeque<R>>> {
         // A panic while the lock is held leaves the map consistent (pushes and drains are
         // single steps), so a poisoned lock is still usable.
@@ -77,11 +72,6 @@ impl<K: Hash + Eq + Clone, R> Combiner<K, R> {
             batches: self.batches.load(Ordering::Relaxed),
             requests: self.drained.load(Ordering::Relaxed),
         }
-    }
-
-    /// Keys being drained now (for tests and diagnostics).
-    pub fn active(&self) -> usize {
-        self.queues().len()
     }
 }
 
@@ -163,7 +153,6 @@ mod tests {
         let worker = c.push("a", tx.clone()).expect("worker");
         assert!(c.push("a", tx).is_none());
         drop(worker);
-        assert_eq!(c.active(), 0);
         assert!(rx.recv().is_err(), "every queued sender was dropped");
         assert!(c.push("a", std::sync::mpsc::channel().0).is_some());
     }

@@ -256,8 +256,16 @@ pub struct Stock {
 /// What a deduction knows of its item before it starts.
 struct Shape {
     segments: i32,
-    /// `None` when combining: the group reads it in its own transaction.
+    /// The item's generation, with the ledger already checked for this order; `None` when
+    /// combining: the group reads the generation and finds a recorded order in its own
+    /// transaction.
     generation: Option<i64>,
+}
+
+/// How a deduction starts: on an item of this shape, or as a replay of the recorded one.
+enum Start {
+    Fresh(Shape),
+    Recorded(Movement),
 }
 
 /// The span of one PostgreSQL transaction (`db.transaction`, OpenTelemetry database client
@@ -392,9 +400,9 @@ impl Stock {
             self.metrics.sold_out_fast();
             return Err(StockError::SoldOut(sku.to_owned()));
         }
-        let shape = match self.shape(sku, order_id).await? {
-            Ok(shape) => shape,
-            Err(recorded) => return self.replay(sku, recorded),
+        let shape = match self.start(sku, order_id).await? {
+            Start::Fresh(shape) => shape,
+            Start::Recorded(m) => return self.replay(sku, m),
         };
         if self.strategy() == Strategy::RedisAtomic {
             let generation = self.generation(sku, shape.generation).await?;
@@ -428,8 +436,8 @@ impl Stock {
     }
 
     /// No single segment covers `qty`: the total decides (several segments under one
-    /// MultiLock, or not enough). An order that already has a deduction is replayed, not
-    /// refused (a combined request has not looked at the ledger before).
+    /// MultiLock, or not enough). A combined request (`generation` unknown) has not looked at
+    /// the ledger yet: an order that already has a deduction is replayed, not refused.
     async fn deduct_across(
         &self,
         sku: &str,
@@ -439,7 +447,9 @@ impl Stock {
     ) -> Result<StockChange, StockError> {
         let epoch = self.cache.epoch(sku).await?;
         let mut conn = self.pool.acquire().await?;
-        if let Some(m) = store::movement(&mut conn, order_id, MovementKind::Deduct).await? {
+        if generation.is_none()
+            && let Some(m) = store::movement(&mut conn, order_id, MovementKind::Deduct).await?
+        {
             return self.replay(sku, m);
         }
         let rows = store::read_segments(&mut conn, sku, &[], false).await?;
@@ -474,29 +484,17 @@ impl Stock {
         self.config.batch_max > 1 && self.strategy().combines()
     }
 
-    /// The item's shape, or (as `Err`) the deduction the order already has. Combining, only
-    /// the segment count, remembered for a moment: the group reads the generation and finds a
-    /// repeated order id in its own transaction, so a request costs the database nothing on its
-    /// own. Alone: both from the database in one round trip.
-    async fn shape(
-        &self,
-        sku: &str,
-        order_id: &str,
-    ) -> Result<Result<Shape, Movement>, StockError> {
+    /// How the deduction starts. Combining: only the segment count, remembered for a moment
+    /// (the group reads the generation and finds a recorded order in its own transaction, so a
+    /// request costs the database nothing on its own). Alone: the generation, the segment count
+    /// and the order's recorded deduction, in one round trip.
+    async fn start(&self, sku: &str, order_id: &str) -> Result<Start, StockError> {
         if self.combining() {
-            if let Some(segments) = self.shapes.segments(sku) {
-                return Ok(Ok(Shape {
-                    segments,
-                    generation: None,
-                }));
-            }
-            let mut conn = self.pool.acquire().await?;
-            let Some((_, segments)) = store::item_shape(&mut conn, sku).await? else {
-                drop(conn);
-                return Err(self.unknown_item(sku, order_id).await);
+            let segments = match self.shapes.segments(sku) {
+                Some(segments) => segments,
+                None => self.segments_of(sku, order_id).await?,
             };
-            self.shapes.remember(sku, segments);
-            return Ok(Ok(Shape {
+            return Ok(Start::Fresh(Shape {
                 segments,
                 generation: None,
             }));
@@ -507,12 +505,23 @@ impl Stock {
             return Err(self.unknown_item(sku, order_id).await);
         };
         Ok(match recorded {
-            Some(m) => Err(m),
-            None => Ok(Shape {
+            Some(m) => Start::Recorded(m),
+            None => Start::Fresh(Shape {
                 segments,
                 generation: Some(generation),
             }),
         })
+    }
+
+    /// The item's segment count from the database, remembered for the next requests.
+    async fn segments_of(&self, sku: &str, order_id: &str) -> Result<i32, StockError> {
+        let mut conn = self.pool.acquire().await?;
+        let Some((_, segments)) = store::item_shape(&mut conn, sku).await? else {
+            drop(conn);
+            return Err(self.unknown_item(sku, order_id).await);
+        };
+        self.shapes.remember(sku, segments);
+        Ok(segments)
     }
 
     /// `known`, or the item's current generation from the database.
@@ -668,9 +677,9 @@ impl Stock {
         .await
     }
 
-    /// Deduct `qty` from one segment: combined with the concurrent deductions of that segment
-    /// in this instance (one leader, one transaction), or alone (`generation` known) when
-    /// combining is off.
+    /// Deduct `qty` from one segment: alone when the request already knows its generation
+    /// (combining off), else combined with the concurrent deductions of that segment in this
+    /// instance (one leader, one transaction).
     async fn deduct_segment(
         &self,
         sku: &str,
@@ -679,13 +688,13 @@ impl Stock {
         order_id: &str,
         qty: i64,
     ) -> Result<Rmw, StockError> {
-        match (self.combining(), generation) {
-            (false, Some(generation)) => {
+        match generation {
+            Some(generation) => {
                 let op = Op::Deduct(qty);
                 self.attempt_one(&op, sku, generation, &[segment], order_id)
                     .await
             }
-            _ => self.deduct_in_group(sku, segment, order_id, qty).await,
+            None => self.deduct_in_group(sku, segment, order_id, qty).await,
         }
     }
 
@@ -776,17 +785,16 @@ impl Stock {
         .instrument(hold_span)
         .await;
         if locked {
-            self.metrics.lock_hold(
-                self.strategy(),
-                &self.lock_labels(segments),
-                held_since.elapsed(),
-            );
+            self.held_since(held_since, segments);
         }
         (outcome, valid)
     }
 
     /// The token each of `segments` is written with under `held`.
     fn tokens(&self, sku: &str, segments: &[i32], held: &Held) -> Tokens {
+        if matches!(held, Held::Nothing) {
+            return Tokens::default();
+        }
         let item_lock = self.item_lock(sku);
         Tokens(
             segments
@@ -944,7 +952,10 @@ impl Stock {
         let outcome = self
             .apply(tx, op, sku, generation, &rows, order_id, &tokens)
             .await;
-        self.row_locks_released(row_locked, segments);
+        if let Some(since) = row_locked {
+            // db-pessimistic: the row locks were held until the transaction ended.
+            self.held_since(since, segments);
+        }
         outcome
     }
 
@@ -979,16 +990,14 @@ impl Stock {
         Ok((rows, Some(tokio::time::Instant::now())))
     }
 
-    /// db-pessimistic: the row locks taken at `since` were held until now (the transaction
-    /// ended).
-    pub(crate) fn row_locks_released(&self, since: Option<tokio::time::Instant>, segments: &[i32]) {
-        if let Some(since) = since {
-            self.metrics.lock_hold(
-                self.strategy(),
-                &self.lock_labels(segments),
-                since.elapsed(),
-            );
-        }
+    /// The strategy's lock(s) over `segments`, taken at `since`, are released now: one
+    /// `stock.lock.hold.duration` observation per segment label.
+    pub(crate) fn held_since(&self, since: tokio::time::Instant, segments: &[i32]) {
+        self.metrics.lock_hold(
+            self.strategy(),
+            &self.lock_labels(segments),
+            since.elapsed(),
+        );
     }
 
     /// How a write of `row` proves it is still entitled to write, under `token`.

@@ -222,18 +222,14 @@ pub async fn deduction_context(
     };
     let movement = match r.get::<Option<String>, _>(2) {
         None => None,
-        Some(moved_sku) => {
-            let parts: serde_json::Value = r.get(4);
-            Some(Movement {
-                order_id: order_id.to_owned(),
-                sku: moved_sku,
-                qty: r.get(3),
-                parts: serde_json::from_value(parts)
-                    .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
-                strategy: r.get(5),
-                generation: r.get(6),
-            })
-        }
+        Some(moved_sku) => Some(Movement {
+            order_id: order_id.to_owned(),
+            sku: moved_sku,
+            qty: r.get(3),
+            parts: decode_parts(r.get(4))?,
+            strategy: r.get(5),
+            generation: r.get(6),
+        }),
     };
     Ok(Some((r.get(0), r.get(1), movement)))
 }
@@ -438,17 +434,21 @@ pub async fn movement(
     .fetch_optional(conn)
     .await?;
     row.map(|r| {
-        let parts: serde_json::Value = r.get(2);
         Ok(Movement {
             order_id: order_id.to_owned(),
             sku: r.get(0),
             qty: r.get(1),
-            parts: serde_json::from_value(parts).map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+            parts: decode_parts(r.get(2))?,
             strategy: r.get(3),
             generation: r.get(4),
         })
     })
     .transpose()
+}
+
+/// A movement's `parts` column.
+fn decode_parts(parts: serde_json::Value) -> sqlx::Result<Vec<Part>> {
+    serde_json::from_value(parts).map_err(|e| sqlx::Error::Decode(Box::new(e)))
 }
 
 /// Largest fence any segment of the item carries (to re-seed fencing counters).
@@ -548,6 +548,38 @@ pub async fn audit(pool: &PgPool, sku: &str) -> sqlx::Result<Option<Audit>> {
     .await?;
     tx.commit().await?;
 
+    let segments: Vec<SegmentBooks> = rows
+        .iter()
+        .map(|r| SegmentBooks {
+            segment: r.get(0),
+            initial: r.get(1),
+            available: r.get(2),
+            deducted: r.get(3),
+            released: r.get(4),
+        })
+        .collect();
+    Ok(Some(balance(
+        sku,
+        generation,
+        &segments,
+        ledger_qty.unwrap_or((0, 0)),
+    )))
+}
+
+/// One segment's books as the audit reads them: its numbers and what the ledger's parts say
+/// went out of it and came back.
+#[derive(Debug, Clone, Copy)]
+struct SegmentBooks {
+    segment: i32,
+    initial: i64,
+    available: i64,
+    deducted: i64,
+    released: i64,
+}
+
+/// Check the books: per segment and overall `initial = available + deducted - released`, no
+/// segment negative, and the ledger's totals (`ledger`: deducted, released) equal to its parts.
+fn balance(sku: &str, generation: i64, segments: &[SegmentBooks], ledger: (i64, i64)) -> Audit {
     let mut a = Audit {
         sku: sku.to_owned(),
         generation,
@@ -559,9 +591,14 @@ pub async fn audit(pool: &PgPool, sku: &str) -> sqlx::Result<Option<Audit>> {
         oversold: 0,
         problems: Vec::new(),
     };
-    for r in rows {
-        let (segment, initial, available, deducted, released): (i32, i64, i64, i64, i64) =
-            (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
+    for &SegmentBooks {
+        segment,
+        initial,
+        available,
+        deducted,
+        released,
+    } in segments
+    {
         a.initial += initial;
         a.available += available;
         a.deducted += deducted;
@@ -576,7 +613,7 @@ pub async fn audit(pool: &PgPool, sku: &str) -> sqlx::Result<Option<Audit>> {
             ));
         }
     }
-    let (ledger_deducted, ledger_released) = ledger_qty.unwrap_or((0, 0));
+    let (ledger_deducted, ledger_released) = ledger;
     if (ledger_deducted, ledger_released) != (a.deducted, a.released) {
         a.problems.push(format!(
             "ledger totals ({ledger_deducted} deducted, {ledger_released} released) disagree with its parts ({}, {})",
@@ -591,5 +628,5 @@ pub async fn audit(pool: &PgPool, sku: &str) -> sqlx::Result<Option<Audit>> {
         ));
     }
     a.ok = a.problems.is_empty();
-    Ok(Some(a))
+    a
 }

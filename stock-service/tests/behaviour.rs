@@ -9,7 +9,9 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use testkit::RedisServer;
 
-use common::{audit, deduct, flash_sale, get_json, http, instance, instance_on, put_stock, sku};
+use common::{
+    audit, deduct, flash_sale, get_json, http, instance, instance_on, put_stock, sku, spawn_deduct,
+};
 
 fn segments_of(item: &Value) -> Vec<i64> {
     item["segments"]
@@ -82,21 +84,7 @@ async fn a_holder_whose_lease_ran_out_is_fenced_out() {
     let c = http();
     let sku = sku();
     put_stock(&c, &slow, &sku, 10, 1).await;
-    let paused = {
-        let c = c.clone();
-        let url = slow.url(&format!("/stock/{sku}/deductions"));
-        let sku = sku.clone();
-        tokio::spawn(async move {
-            let r = c
-                .post(url)
-                .json(&json!({"order_id": format!("{sku}-paused"), "qty": 1}))
-                .send()
-                .await
-                .expect("post");
-            let status = r.status();
-            (status, r.json::<Value>().await.unwrap_or(Value::Null))
-        })
-    };
+    let paused = spawn_deduct(&c, &slow, &sku, &format!("{sku}-paused"), 1);
     tokio::time::sleep(Duration::from_millis(1500)).await; // the slow holder's lease is over
     let (status, _) = deduct(&c, &fast, &sku, &format!("{sku}-prompt"), 1).await;
     assert_eq!(

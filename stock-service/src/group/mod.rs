@@ -175,7 +175,10 @@ impl Stock {
                     .collect(),
             )),
         };
-        self.row_locks_released(row_locked, &[segment]);
+        if let Some(since) = row_locked {
+            // db-pessimistic: the row lock was held until the transaction ended.
+            self.held_since(since, &[segment]);
+        }
         outcome
     }
 
@@ -188,37 +191,12 @@ impl Stock {
         wants: &[Want],
     ) -> Result<GroupRmw, StockError> {
         let At {
-            sku,
-            row,
-            generation: _,
-            token,
+            sku, row, token, ..
         } = *at;
         self.rmw_pause().await;
-        let mut plan = GroupPlan::new(
-            wants.iter().map(|w| (w.order_id.as_str(), w.qty)),
-            row.available,
-        );
-        loop {
-            let picked = plan.fit();
-            if picked.is_empty() {
-                break;
-            }
-            let movements: Vec<Movement> = picked
-                .iter()
-                .map(|&i| self.movement(at, &wants[i]))
-                .collect();
-            let recorded = store::insert_movements(
-                &mut tx,
-                MovementKind::Deduct,
-                &movements,
-                self.config.strategy,
-            )
-            .await?;
-            if !plan.settle(&picked, |i| recorded.contains(&wants[i].order_id)) {
-                break;
-            }
-        }
+        let (plan, recorded) = self.record_group(&mut tx, at, wants).await?;
         let left = plan.left();
+        let after = vec![(row.segment, left)];
         if left == row.available {
             // Nothing taken: nothing to write.
             tx.rollback().await?;
@@ -229,9 +207,6 @@ impl Stock {
                 return Ok(GroupRmw::Rejected { row, token });
             }
             tx.commit().await?;
-        }
-        let after = vec![(row.segment, left)];
-        if left != row.available {
             // Once for the group, not once per request (their `after` stays empty).
             self.cache.set_availability(sku, &after).await;
             self.metrics.segment_levels(sku, &after);
@@ -239,17 +214,56 @@ impl Stock {
         let outcomes = plan
             .verdicts()
             .into_iter()
-            .zip(wants)
-            .map(|(verdict, want)| match verdict {
-                Verdict::Take => Rmw::Done {
-                    movement: self.movement(at, want),
+            .zip(recorded)
+            .map(|(verdict, movement)| match (verdict, movement) {
+                (_, Some(movement)) => Rmw::Done {
+                    movement,
                     after: Vec::new(),
                 },
-                Verdict::Duplicate => Rmw::Duplicate,
-                Verdict::Short | Verdict::Pending => Rmw::Insufficient(after.clone()),
+                (Verdict::Take | Verdict::Duplicate, None) => Rmw::Duplicate,
+                (Verdict::Short | Verdict::Pending, None) => Rmw::Insufficient(after.clone()),
             })
             .collect();
         Ok(GroupRmw::Done(outcomes))
+    }
+
+    /// Decide who gets units and insert their ledger rows: rounds of fit, insert, and (when an
+    /// order turned out to be recorded already) give its units to the next that fits. The plan,
+    /// and each request's recorded movement by position.
+    async fn record_group(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        at: &At<'_>,
+        wants: &[Want],
+    ) -> Result<(GroupPlan, Vec<Option<Movement>>), StockError> {
+        let mut plan = GroupPlan::new(
+            wants.iter().map(|w| (w.order_id.as_str(), w.qty)),
+            at.row.available,
+        );
+        let mut recorded: Vec<Option<Movement>> = wants.iter().map(|_| None).collect();
+        loop {
+            let picked = plan.fit();
+            if picked.is_empty() {
+                break;
+            }
+            let movements: Vec<Movement> = picked
+                .iter()
+                .map(|&i| self.movement(at, &wants[i]))
+                .collect();
+            let inserted =
+                store::insert_movements(tx, MovementKind::Deduct, &movements, self.config.strategy)
+                    .await?;
+            let freed = plan.settle(&picked, |i| inserted.contains(&wants[i].order_id));
+            for (i, movement) in picked.into_iter().zip(movements) {
+                if inserted.contains(&movement.order_id) {
+                    recorded[i] = Some(movement);
+                }
+            }
+            if !freed {
+                break;
+            }
+        }
+        Ok((plan, recorded))
     }
 
     /// The ledger row of `want` taking its units from the segment `at`.

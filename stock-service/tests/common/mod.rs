@@ -103,6 +103,50 @@ pub async fn deduct(
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
+/// Send a deduction in the background; its status and body.
+pub fn spawn_deduct(
+    c: &reqwest::Client,
+    i: &Instance,
+    sku: &str,
+    order_id: &str,
+    qty: i64,
+) -> tokio::task::JoinHandle<(StatusCode, Value)> {
+    let (c, url) = (c.clone(), i.url(&format!("/stock/{sku}/deductions")));
+    let body = json!({"order_id": order_id, "qty": qty});
+    tokio::spawn(async move {
+        let r = c.post(url).json(&body).send().await.expect("post");
+        let status = r.status();
+        (status, r.json().await.unwrap_or(Value::Null))
+    })
+}
+
+/// The tests' database, read directly (not through a service).
+pub async fn db() -> sqlx::PgPool {
+    sqlx::PgPool::connect(&database_url().await)
+        .await
+        .expect("connect to the test database")
+}
+
+/// Ledger rows (any kind) of these orders, read from the database.
+pub async fn ledger_rows(db: &sqlx::PgPool, order_ids: &[String]) -> i64 {
+    sqlx::query_scalar("SELECT COUNT(*) FROM stock_movements WHERE order_id = ANY($1)")
+        .bind(order_ids)
+        .fetch_one(db)
+        .await
+        .expect("count ledger rows")
+}
+
+/// Units left of `sku` over all its segments, read from the database.
+pub async fn available(db: &sqlx::PgPool, sku: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT COALESCE(SUM(available), 0)::bigint FROM stock_segments WHERE sku = $1",
+    )
+    .bind(sku)
+    .fetch_one(db)
+    .await
+    .expect("sum of segments")
+}
+
 pub async fn get_json(c: &reqwest::Client, url: String) -> (StatusCode, Value) {
     let r = c.get(url).send().await.expect("get");
     let status = r.status();
