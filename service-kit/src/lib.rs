@@ -1,5 +1,6 @@
 //! Shared plumbing for the seckill services: configuration, telemetry,
-//! problem+json errors, extractors, health checks, middleware and serving.
+//! problem+json errors, extractors, health checks, middleware, serving, and request
+//! combining (the queues behind group deduction and grouped order claims).
 //!
 //! A service's `main` is typically:
 //!
@@ -20,6 +21,7 @@
 //! }
 //! ```
 
+pub mod combine;
 pub mod config;
 pub mod extract;
 pub mod health;

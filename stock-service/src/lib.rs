@@ -6,7 +6,6 @@
 
 pub mod api;
 pub mod cache;
-pub mod combine;
 pub mod config;
 pub mod engine;
 pub mod group;

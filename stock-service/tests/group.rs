@@ -16,7 +16,7 @@ use common::{
 };
 use reqwest::StatusCode;
 use serde_json::json;
-use stock_service::combine::CombineStats;
+use service_kit::combine::CombineStats;
 
 async fn ms(n: u64) {
     tokio::time::sleep(Duration::from_millis(n)).await;

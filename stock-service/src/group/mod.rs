@@ -1,7 +1,7 @@
 //! Group deduction: concurrent single-segment deductions of one instance applied by one leader
 //! in one transaction.
 //!
-//! A request joins its segment's queue ([`crate::combine`]). The worker draining that queue
+//! A request joins its segment's queue ([`service_kit::combine`]). The worker draining that queue
 //! takes the segment's lock exactly as a lone request would (the strategy's lock, lease,
 //! watchdog and fencing token; `attempt`'s retry policy), and in one transaction reads the
 //! segment, decides who gets units ([`plan`]), inserts every ledger row in one statement, and
@@ -17,10 +17,10 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 use tracing::{Instrument as _, Span};
 
-use crate::combine::{Combiner, Worker};
 use crate::engine::{Refusal, Rmw, Stock, StockError, Tokens};
 use crate::store::{self, Movement, MovementKind, Part, SegmentRow};
 use plan::{GroupPlan, Verdict};
+use service_kit::combine::{Combiner, Worker};
 
 /// A segment's queue key: item and segment.
 pub type GroupKey = (String, i32);

@@ -1,11 +1,13 @@
-//! Request combining: the queues behind group deduction.
+//! Request combining: the queues behind group deduction (stock-service) and grouped order
+//! claims and settles (order-service).
 //!
-//! Concurrent deductions of the same segment in one instance join that segment's queue. The
-//! first to find the queue idle starts a worker (a task of its own, so that no caller's
-//! cancellation can stop a group half way); the worker drains up to `max` queued requests,
-//! applies them as one group, and drains again until the queue is empty. A lone request
-//! therefore never waits for followers; under load the queue fills by itself while the previous
-//! group commits (PolarDB's "one group collects while the other commits").
+//! Concurrent requests with the same key in one instance (a segment, an item) join that key's
+//! queue. The first to find the queue idle starts a worker (a task of its own, so that no
+//! caller's cancellation can stop a group half way); the worker drains up to `max` queued
+//! requests, applies them as one group (one transaction), and drains again until the queue is
+//! empty. A lone request therefore never waits for followers; under load the queue fills by
+//! itself while the previous group commits (PolarDB's "one group collects while the other
+//! commits").
 //!
 //! The bookkeeping is one `std::sync::Mutex` around a map: it is held for a push or a drain
 //! only, never across an `.await` (the mini-redis `db.rs` reasoning).
