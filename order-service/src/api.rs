@@ -318,10 +318,14 @@ impl IntoResponse for ApiError {
                 Problem::service_unavailable(detail).with_type("/problems/outcome-unknown"),
                 true,
             ),
-            OrderError::Db(err) => {
-                tracing::error!(error = %err, "order operation failed");
+            OrderError::Db(_) | OrderError::GroupDb(_) => {
+                // The database's own text stays in the log.
+                tracing::error!(error = %self.0, "order operation failed");
                 (
-                    Problem::service_unavailable(detail).with_type("/problems/dependency-failed"),
+                    Problem::service_unavailable(
+                        "the database failed; retry with the same Idempotency-Key",
+                    )
+                    .with_type("/problems/dependency-failed"),
                     true,
                 )
             }

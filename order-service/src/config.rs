@@ -35,6 +35,9 @@ pub struct OrderConfig {
     /// Prefix of the stock-service's Redis keys (`STOCK_KEY_PREFIX`, default `stock`), to read
     /// its sold-out flags.
     pub stock_key_prefix: String,
+    /// Most concurrent claims (and settles) of one item in one transaction
+    /// (`ORDER_BATCH_MAX`, default 64, 1 to 1000; 1: each order alone).
+    pub batch_max: usize,
 }
 
 impl OrderConfig {
@@ -79,6 +82,7 @@ impl OrderConfig {
             stock_key_prefix: env
                 .raw("STOCK_KEY_PREFIX")?
                 .unwrap_or_else(|| "stock".into()),
+            batch_max: env.parse_within("ORDER_BATCH_MAX", 64, 1..=1000)?,
         })
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod config;
+pub mod group;
 pub mod idempotency;
 pub mod metrics;
 pub mod orders;
@@ -57,7 +58,9 @@ pub async fn connect(config: OrderConfig) -> anyhow::Result<Orders> {
     )?;
     let replay =
         idempotency::ReplayCache::new(redis, config.idempotency_ttl, &config.stock_key_prefix);
+    let groups = std::sync::Arc::new(group::Groups::new(config.batch_max));
     let orders = Orders {
+        groups,
         pool,
         stock,
         replay,

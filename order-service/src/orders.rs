@@ -13,10 +13,13 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::config::OrderConfig;
+use crate::group::Groups;
+use crate::group::claim::{ClaimRequest, ClaimTerms, Claimed};
+use crate::group::finish::Finish;
 use crate::idempotency::{FastPath, Record, ReplayCache};
 use crate::metrics::OrderMetrics;
 use crate::stock_client::{Deducted, Released, StockClient};
-use crate::store::{self, Claim, Order, StoredResponse};
+use crate::store::{self, Order, StoredResponse};
 
 /// Largest quantity of one order.
 pub const MAX_QTY: i64 = 10_000;
@@ -79,6 +82,9 @@ pub enum OrderError {
     /// PostgreSQL failed.
     #[error("database: {0}")]
     Db(#[from] sqlx::Error),
+    /// The transaction of this request's group failed (nothing of it was written).
+    #[error("database: {0}")]
+    GroupDb(std::sync::Arc<sqlx::Error>),
 }
 
 /// An HTTP answer for a key: stored (and so replayable) or a replay.
@@ -114,6 +120,8 @@ pub struct Orders {
     pub config: OrderConfig,
     /// Instruments.
     pub metrics: OrderMetrics,
+    /// Queues of concurrent claims and settles, per item.
+    pub groups: std::sync::Arc<Groups>,
 }
 
 /// Check a SKU (same rule as the stock-service).
@@ -156,89 +164,92 @@ impl Orders {
             }
             FastPath::Miss => {}
         }
-        let c = &self.config;
-        let claim = store::claim(
-            &self.pool,
-            &ctx.user,
-            &ctx.key,
-            &ctx.fingerprint,
-            &req.sku,
-            req.qty,
-            c.idempotency_ttl,
-            c.order_lease,
-            c.purchase_limit,
-        )
-        .await;
-        let claim = match claim {
+        let request = ClaimRequest {
+            user: ctx.user.clone(),
+            key: ctx.key.clone(),
+            fingerprint: ctx.fingerprint.clone(),
+            sku: req.sku.clone(),
+            qty: req.qty,
+        };
+        match self.claim(request).await? {
+            Claimed::New(order) => self.start(ctx, order).await,
+            Claimed::Taken => self.resume(ctx).await,
+        }
+    }
+
+    /// A new key's order: rejected by the purchase limit already, or driven now.
+    async fn start(&self, ctx: &KeyContext, order: Order) -> Result<Reply, OrderError> {
+        self.metrics.idempotency("new");
+        if order.status == "rejected" {
+            self.metrics.outcome("limit");
+            let response = response_for(&order);
+            return self.finish_stored(ctx, order.order_id, response).await;
+        }
+        self.drive(ctx, order, false).await
+    }
+
+    /// A key used before: a mismatch, a replay of its stored response, an order still owned by
+    /// a live request (409), or an abandoned one (taken over and driven).
+    async fn resume(&self, ctx: &KeyContext) -> Result<Reply, OrderError> {
+        let row = match store::existing(&self.pool, &ctx.user, &ctx.key).await {
             Err(sqlx::Error::RowNotFound) => {
                 self.metrics.idempotency("in_flight");
                 return Err(OrderError::InFlight);
             }
             other => other?,
         };
-        match claim {
-            Claim::Existing(row) => {
-                if row.fingerprint != ctx.fingerprint {
-                    self.metrics.idempotency("mismatch");
-                    return Err(OrderError::KeyReused);
-                }
-                if row.done {
-                    self.metrics.idempotency("replayed");
-                    let response = StoredResponse {
-                        status: u16::try_from(row.status.unwrap_or(500)).unwrap_or(500),
-                        body: row.body.unwrap_or(Value::Null),
-                        location: row.location,
-                    };
-                    // Best effort: the record speeds up the next replay.
-                    let record = self.record(ctx, &response);
-                    if let Err(err) = self.replay.store(&ctx.user, &ctx.key, &record).await {
-                        tracing::debug!(error = %err, "replay record not cached");
-                    }
-                    return Ok(Reply {
-                        response,
-                        replayed: true,
-                    });
-                }
-                // In progress: owned by a live request (409), or abandoned (take it over).
-                match store::take_over(&self.pool, row.order_id, c.order_lease).await? {
-                    Some(order) => {
-                        self.metrics.idempotency("taken_over");
-                        self.drive(ctx, order, true).await
-                    }
-                    None => match store::order(&self.pool, row.order_id).await? {
-                        Some(order) if order.status != "pending" => {
-                            // Final since the claim read the key: the request that settled
-                            // it has usually stored its response by now, and that stands.
-                            if let Some(reply) = self.stored_reply(ctx).await? {
-                                self.metrics.idempotency("conflict");
-                                return Ok(reply);
-                            }
-                            // Settled without a response (the worker): store one now.
-                            let response = response_for(&order);
-                            self.finish_stored(ctx, order.order_id, response).await
-                        }
-                        _ => {
-                            self.metrics.idempotency("in_flight");
-                            Err(OrderError::InFlight)
-                        }
-                    },
-                }
+        if row.fingerprint != ctx.fingerprint {
+            self.metrics.idempotency("mismatch");
+            return Err(OrderError::KeyReused);
+        }
+        if row.done {
+            self.metrics.idempotency("replayed");
+            let response = StoredResponse {
+                status: u16::try_from(row.status.unwrap_or(500)).unwrap_or(500),
+                body: row.body.unwrap_or(Value::Null),
+                location: row.location,
+            };
+            // Best effort: the record speeds up the next replay.
+            let record = self.record(ctx, &response);
+            if let Err(err) = self.replay.store(&ctx.user, &ctx.key, &record).await {
+                tracing::debug!(error = %err, "replay record not cached");
             }
-            Claim::New {
-                order_id,
-                over_limit,
-            } => {
-                self.metrics.idempotency("new");
-                let order = store::order(&self.pool, order_id)
-                    .await?
-                    .ok_or(OrderError::NotFound)?;
-                if over_limit {
-                    self.metrics.outcome("limit");
-                    let response = response_for(&order);
-                    return self.finish_stored(ctx, order_id, response).await;
+            return Ok(Reply {
+                response,
+                replayed: true,
+            });
+        }
+        if let Some(order) =
+            store::take_over(&self.pool, row.order_id, self.config.order_lease).await?
+        {
+            self.metrics.idempotency("taken_over");
+            return self.drive(ctx, order, true).await;
+        }
+        match store::order(&self.pool, row.order_id).await? {
+            Some(order) if order.status != "pending" => {
+                // Final since the claim read the key: the request that settled it has
+                // usually stored its response by now, and that stands.
+                if let Some(reply) = self.stored_reply(ctx).await? {
+                    self.metrics.idempotency("conflict");
+                    return Ok(reply);
                 }
-                self.drive(ctx, order, false).await
+                // Settled without a response (the worker): store one now.
+                let response = response_for(&order);
+                self.finish_stored(ctx, order.order_id, response).await
             }
+            _ => {
+                self.metrics.idempotency("in_flight");
+                Err(OrderError::InFlight)
+            }
+        }
+    }
+
+    /// How this instance claims keys.
+    pub(crate) fn claim_terms(&self) -> ClaimTerms {
+        ClaimTerms {
+            ttl: self.config.idempotency_ttl,
+            lease: self.config.order_lease,
+            limit: self.config.purchase_limit,
         }
     }
 
@@ -323,15 +334,14 @@ impl Orders {
             .reason
             .as_deref()
             .map(|r| r.split(':').next().unwrap_or(r));
-        let finished = store::finish(
-            &self.pool,
-            order.order_id,
-            &order.status,
-            reason,
-            order.pay_by,
-            &response,
-        )
-        .await?;
+        let finish = Finish {
+            order_id: order.order_id,
+            status: order.status.clone(),
+            reason: reason.map(str::to_owned),
+            pay_by: order.pay_by,
+            response: response.clone(),
+        };
+        let finished = self.finish(&order.sku, finish).await?;
         if !finished {
             // Someone else settled it first: answer with what they stored.
             self.metrics.idempotency("conflict");

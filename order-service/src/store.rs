@@ -9,6 +9,8 @@ use sqlx::postgres::{PgPool, PgRow};
 use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
+use crate::group::claim::{ClaimRequest, ClaimTerms, Claimed, claim_group};
+
 /// Embedded migrations (`order-service/migrations`).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -33,7 +35,7 @@ pub struct Order {
     pub(crate) user_id: String,
 }
 
-fn order_from(r: &PgRow) -> Order {
+pub(crate) fn order_from(r: &PgRow) -> Order {
     Order {
         order_id: r.get("id"),
         status: r.get("status"),
@@ -46,7 +48,7 @@ fn order_from(r: &PgRow) -> Order {
     }
 }
 
-const ORDER_COLUMNS: &str = "id, user_id, sku, qty, status, reason, pay_by, created_at";
+pub(crate) const ORDER_COLUMNS: &str = "id, user_id, sku, qty, status, reason, pay_by, created_at";
 
 /// A stored idempotency key.
 #[derive(Debug, Clone)]
@@ -81,9 +83,9 @@ pub enum Claim {
 
 /// Claim `(user, key)` and create the pending order, in one transaction; enforce the
 /// purchase limit in the same transaction (the `purchase_totals` row lock serializes one
-/// user's concurrent orders of one item).
+/// user's concurrent orders of one item). A group of one ([`claim_group`]); the order-service
+/// itself claims in groups.
 #[allow(clippy::too_many_arguments)]
-#[tracing::instrument(name = "db.transaction", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.operation.name = "TRANSACTION", order.operation = "claim"))]
 pub async fn claim(
     pool: &PgPool,
     user: &str,
@@ -95,74 +97,33 @@ pub async fn claim(
     lease: Duration,
     limit: i64,
 ) -> sqlx::Result<Claim> {
-    let mut tx = pool.begin().await?;
-    // An expired key counts as new.
-    sqlx::query("DELETE FROM idempotency_keys WHERE user_id = $1 AND key = $2 AND expires_at < now() AND state = 'done'")
-        .bind(user)
-        .bind(key)
-        .execute(&mut *tx)
-        .await?;
-    let order_id = Uuid::now_v7();
-    sqlx::query(
-        "INSERT INTO orders (id, user_id, sku, qty, status, locked_until)
-         VALUES ($1, $2, $3, $4, 'pending', now() + $5 * interval '1 millisecond')",
-    )
-    .bind(order_id)
-    .bind(user)
-    .bind(sku)
-    .bind(qty)
-    .bind(millis(lease))
-    .execute(&mut *tx)
-    .await?;
-    let inserted = sqlx::query(
-        "INSERT INTO idempotency_keys (user_id, key, fingerprint, order_id, state, expires_at)
-         VALUES ($1, $2, $3, $4, 'in_progress', now() + $5 * interval '1 second')
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(user)
-    .bind(key)
-    .bind(fingerprint)
-    .bind(order_id)
-    .bind(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX))
-    .execute(&mut *tx)
-    .await?
-    .rows_affected()
-        == 1;
-    if !inserted {
-        tx.rollback().await?;
-        let mut conn = pool.acquire().await?;
-        return match key_row(&mut conn, user, key).await? {
-            Some(row) => Ok(Claim::Existing(row)),
-            // Deleted between our insert and select (expired or abandoned): a conflict the
-            // client can retry.
-            None => Err(sqlx::Error::RowNotFound),
-        };
-    }
-    let within_limit = qty <= limit
-        && sqlx::query(
-            "INSERT INTO purchase_totals (user_id, sku, qty) VALUES ($1, $2, $3)
-             ON CONFLICT (user_id, sku) DO UPDATE SET qty = purchase_totals.qty + EXCLUDED.qty
-             WHERE purchase_totals.qty + EXCLUDED.qty <= $4",
-        )
-        .bind(user)
-        .bind(sku)
-        .bind(qty)
-        .bind(limit)
-        .execute(&mut *tx)
+    let request = ClaimRequest {
+        user: user.to_owned(),
+        key: key.to_owned(),
+        fingerprint: fingerprint.to_owned(),
+        sku: sku.to_owned(),
+        qty,
+    };
+    let terms = ClaimTerms { ttl, lease, limit };
+    match claim_group(pool, std::slice::from_ref(&request), terms)
         .await?
-        .rows_affected()
-            == 1;
-    if !within_limit {
-        sqlx::query("UPDATE orders SET status = 'rejected', reason = 'purchase-limit', updated_at = now() WHERE id = $1")
-            .bind(order_id)
-            .execute(&mut *tx)
-            .await?;
+        .pop()
+    {
+        Some(Claimed::New(order)) => Ok(Claim::New {
+            order_id: order.order_id,
+            over_limit: order.status == "rejected",
+        }),
+        _ => existing(pool, user, key).await.map(Claim::Existing),
     }
-    tx.commit().await?;
-    Ok(Claim::New {
-        order_id,
-        over_limit: !within_limit,
-    })
+}
+
+/// A key claimed before: its row. `RowNotFound` when it was deleted since the claim saw it
+/// (expired or abandoned): a conflict the client can retry.
+pub async fn existing(pool: &PgPool, user: &str, key: &str) -> sqlx::Result<KeyRow> {
+    let mut conn = pool.acquire().await?;
+    key_row(&mut conn, user, key)
+        .await?
+        .ok_or(sqlx::Error::RowNotFound)
 }
 
 fn millis(d: Duration) -> i64 {
@@ -239,49 +200,6 @@ pub struct StoredResponse {
     pub body: Value,
     /// `Location` header, if any.
     pub location: Option<String>,
-}
-
-/// Finish a pending order (`reserved` with `pay_by`, or `rejected` with a reason) and store
-/// the response under its key, in one transaction. False if the order was not pending.
-#[tracing::instrument(name = "db.transaction", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.operation.name = "TRANSACTION", order.operation = "finish"))]
-pub async fn finish(
-    pool: &PgPool,
-    order_id: Uuid,
-    status: &str,
-    reason: Option<&str>,
-    pay_by: Option<DateTime<Utc>>,
-    response: &StoredResponse,
-) -> sqlx::Result<bool> {
-    let mut tx = pool.begin().await?;
-    let row = sqlx::query(
-        "UPDATE orders SET status = $2, reason = $3, pay_by = $4, updated_at = now(), locked_until = now()
-         WHERE id = $1 AND status = 'pending' RETURNING user_id, sku, qty",
-    )
-    .bind(order_id)
-    .bind(status)
-    .bind(reason)
-    .bind(pay_by)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let Some(row) = row else {
-        tx.rollback().await?;
-        return Ok(false);
-    };
-    if status == "rejected" {
-        give_back_total(&mut tx, row.get(0), row.get(1), row.get(2)).await?;
-    }
-    sqlx::query(
-        "UPDATE idempotency_keys SET state = 'done', status = $2, body = $3, location = $4
-         WHERE order_id = $1",
-    )
-    .bind(order_id)
-    .bind(i32::from(response.status))
-    .bind(&response.body)
-    .bind(&response.location)
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(true)
 }
 
 /// Record the stored response of a key whose order was already final (limit rejections, orders

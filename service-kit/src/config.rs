@@ -141,6 +141,28 @@ impl Env {
         Ok(self.parse(name)?.unwrap_or(default))
     }
 
+    /// Parses `name` (`default` if unset or blank) and checks it lies in `range`.
+    pub fn parse_within<T>(
+        &self,
+        name: &str,
+        default: T,
+        range: std::ops::RangeInclusive<T>,
+    ) -> Result<T, ConfigError>
+    where
+        T: FromStr + PartialOrd + Display,
+        T::Err: Display,
+    {
+        let value = self.parse_or(name, default)?;
+        if !range.contains(&value) {
+            return Err(ConfigError::Invalid {
+                name: name.to_owned(),
+                value: value.to_string(),
+                reason: format!("must be between {} and {}", range.start(), range.end()),
+            });
+        }
+        Ok(value)
+    }
+
     /// A duration given in milliseconds in `name`, `default_ms` if unset.
     pub fn millis(&self, name: &str, default_ms: u64) -> Result<std::time::Duration, ConfigError> {
         Ok(std::time::Duration::from_millis(

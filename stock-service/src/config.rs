@@ -76,14 +76,7 @@ impl StockConfig {
                 reason: "the redlock strategy needs at least one master URL".into(),
             });
         }
-        let batch_max: usize = env.parse_or("STOCK_BATCH_MAX", 64)?;
-        if !(1..=Self::MAX_BATCH).contains(&batch_max) {
-            return Err(ConfigError::Invalid {
-                name: "STOCK_BATCH_MAX".into(),
-                value: batch_max.to_string(),
-                reason: format!("must be between 1 (no combining) and {}", Self::MAX_BATCH),
-            });
-        }
+        let batch_max = env.parse_within("STOCK_BATCH_MAX", 64, 1..=Self::MAX_BATCH)?;
         Ok(StockConfig {
             service: ServiceConfig::from_source(env, Self::DEFAULT_PORT)?,
             database_url: env.string_or(
