@@ -1,7 +1,8 @@
 //! `cargo xtask bench shop`: the goose flash sale through the whole shop (gateway, two
 //! order-services, two stock-services, release builds), once per strategy and for
 //! `segmented` with S = 1, 4, 8 and 16 segments, in one run; then the sold-out phase against
-//! the raw gateway. Prints the comparison as ratios to `db-pessimistic`.
+//! the raw gateway. Prints the comparison as ratios to `db-pessimistic` and to the machine's
+//! hot-row anchor, measured before each round.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -184,7 +185,11 @@ pub fn run(services: &Services) -> anyhow::Result<Vec<(String, Outcome)>> {
     let mut steps = Vec::new();
     let mut rows: Vec<(&Case, Vec<Run>)> = cases.iter().map(|c| (*c, Vec::new())).collect();
     let mut phase: Option<(Run, Run)> = None;
+    let mut anchors = Vec::new();
     for round in 1..=load.rounds {
+        let anchor = hot_row_anchor(services)?;
+        println!("==> round {round}/{}: hot-row anchor {anchor}", load.rounds);
+        anchors.push(anchor.tx_per_s);
         for (i, (case, runs)) in rows.iter_mut().enumerate() {
             if crate::interrupted() {
                 break;
@@ -257,12 +262,24 @@ pub fn run(services: &Services) -> anyhow::Result<Vec<(String, Outcome)>> {
         ));
     }
     drop(masters);
-    let table = table(&load, &rows, phase.as_ref());
+    let table = table(&load, &rows, &anchors, phase.as_ref());
     println!("\n{table}");
     let path = dir.join("comparison.md");
     fs::write(&path, &table).with_context(|| format!("writing {}", path.display()))?;
     println!("written to {}", path.display());
     Ok(steps)
+}
+
+/// The machine's hot-row anchor (`testkit::anchor`) on the shop's PostgreSQL, in the bench's
+/// own database: one unit per transaction on one row, 16 clients, 3 s.
+fn hot_row_anchor(services: &Services) -> anyhow::Result<testkit::anchor::HotRow> {
+    let runtime = tokio::runtime::Runtime::new().context("starting a runtime for the anchor")?;
+    runtime
+        .block_on(async {
+            let url = testkit::database("seckill_bench").await?;
+            testkit::anchor::hot_row(&url, 16, std::time::Duration::from_secs(3)).await
+        })
+        .with_context(|| format!("hot-row anchor on {}", services.database_url))
 }
 
 fn shop_options(case: &Case, dir: &Path, i: usize) -> anyhow::Result<ShopOptions> {
@@ -433,7 +450,14 @@ fn verdict(run: &Run) -> &'static str {
 
 /// The comparison as markdown: per case the median over the rounds (and the range), the
 /// throughput as a ratio to `db-pessimistic` in the same round.
-fn table(load: &Load, rows: &[(&Case, Vec<Run>)], phase: Option<&(Run, Run)>) -> String {
+/// The comparison; orders/s also as a ratio to `db-pessimistic` and to the hot-row anchor
+/// of the same round (`anchors`, tx/s, one per round).
+fn table(
+    load: &Load,
+    rows: &[(&Case, Vec<Run>)],
+    anchors: &[f64],
+    phase: Option<&(Run, Run)>,
+) -> String {
     let base: Option<&Vec<Run>> = rows
         .iter()
         .find(|(c, _)| c.strategy == "db-pessimistic")
@@ -443,14 +467,19 @@ fn table(load: &Load, rows: &[(&Case, Vec<Run>)], phase: Option<&(Run, Run)>) ->
         out,
         "Flash sale through the gateway: {} units, {} buyers (no purchase limit, no rate limits), \
          {} per sale; 2 order-services and 2 stock-services, release builds; {} round(s), \
-         medians (range).\n",
-        load.stock, load.users, load.run_time, load.rounds
+         medians (range). Hot-row anchor (one unit per transaction on one row, 16 clients, \
+         same PostgreSQL, measured before each round): {} tx/s.\n",
+        load.stock,
+        load.users,
+        load.run_time,
+        load.rounds,
+        spread(anchors.to_vec(), 0, "")
     );
     let _ = writeln!(
         out,
-        "| strategy | S | orders/s | × db-pessimistic | sold out after | p99 created | lock wait p99 | oversold | errors | verdicts |"
+        "| strategy | S | orders/s | × db-pessimistic | × hot-row anchor | sold out after | p99 created | lock wait p99 | oversold | errors | verdicts |"
     );
-    let _ = writeln!(out, "|---|--:|---:|---:|---:|---:|---:|---:|---:|---|");
+    let _ = writeln!(out, "|---|--:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
     for (case, runs) in rows {
         let ok: Vec<&Run> = runs.iter().filter(|r| r.summary).collect();
         let ratios: Vec<f64> = base.map_or_else(Vec::new, |base| {
@@ -460,6 +489,12 @@ fn table(load: &Load, rows: &[(&Case, Vec<Run>)], phase: Option<&(Run, Run)>) ->
                 .map(|(r, b)| r.orders_per_sec / b.orders_per_sec)
                 .collect()
         });
+        let to_anchor: Vec<f64> = runs
+            .iter()
+            .zip(anchors)
+            .filter(|(r, a)| r.summary && **a > 0.0)
+            .map(|(r, a)| r.orders_per_sec / a)
+            .collect();
         let passed = ok.iter().filter(|r| r.passed).count();
         let not_run = match runs.len() - ok.len() {
             0 => String::new(),
@@ -467,11 +502,12 @@ fn table(load: &Load, rows: &[(&Case, Vec<Run>)], phase: Option<&(Run, Run)>) ->
         };
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {passed} passed, {} failed{not_run} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {passed} passed, {} failed{not_run} |",
             case.label,
             case.segments,
             spread(ok.iter().map(|r| r.orders_per_sec).collect(), 0, ""),
             spread(ratios, 2, ""),
+            spread(to_anchor, 2, ""),
             spread(
                 ok.iter().filter_map(|r| r.time_to_sell_out).collect(),
                 1,
@@ -591,10 +627,16 @@ mod tests {
             (&CASES[0], vec![run(100.0), run(200.0)]),
             (&CASES[5], vec![run(150.0), run(200.0)]),
         ];
-        let text = table(&load, &rows, None);
+        let text = table(&load, &rows, &[50.0, 100.0], None);
         assert!(
             text.contains("| segmented S=8 (default) | 8 | 175 (150–200) | 1.25 (1.00–1.50) |"),
             "{text}"
+        );
+        assert!(
+            text.contains(
+                "| db-pessimistic | 8 | 150 (100–200) | 1.00 (1.00–1.00) | 2.00 (2.00–2.00) |"
+            ),
+            "the ratio to each round's anchor: {text}"
         );
         assert!(
             text.contains("| db-pessimistic | 8 | 150 (100–200) | 1.00 (1.00–1.00) |"),
