@@ -34,8 +34,9 @@
 //! | `BENCH_SEGMENT_SWEEP` | `1,4,16` | extra `segmented` runs with these segment counts (empty: none) |
 //! | `BENCH_ROUNDS` | 1 | sell-outs per strategy, interleaved; the table shows medians and ranges |
 //! | `BENCH_BATCH_MAX` | 64 | the services' `STOCK_BATCH_MAX` (group deduction) |
-//! | `BENCH_COMBINING_OFF` | true | also run each strategy that combines with `STOCK_BATCH_MAX=1` |
+//! | `BENCH_COMBINING_OFF` | true | also run each strategy with `STOCK_BATCH_MAX=1` |
 //! | `BENCH_ANCHOR_CLIENTS` | 16 | clients of the hot-row anchor |
+//! | `BENCH_LONE_ROUNDS` | 3 | lone-request comparisons (combining on vs off; 0: none) |
 //!
 //! Before the strategies, the hot-row anchor (`testkit::anchor`) measures what one PostgreSQL
 //! row takes at one unit per transaction on this machine; the table shows every rate as a
@@ -73,6 +74,8 @@ const DATABASE: &str = "seckill_bench";
 const DB_MAX_CONNECTIONS: &str = "8";
 /// Long enough that no deduction gives up waiting for a lock: every run must sell out.
 const LOCK_WAIT_MS: &str = "60000";
+/// Deductions of one lone-request sale.
+const LONE_REQUESTS: i64 = 300;
 /// How long the hot-row anchor runs.
 const ANCHOR_DURATION: Duration = Duration::from_secs(3);
 /// How many unexpected answers to print per run.
@@ -107,6 +110,9 @@ async fn main() -> anyhow::Result<ExitCode> {
         .await
         .context("measuring the hot-row anchor")?;
     println!("Hot-row anchor: {anchor}.");
+    if opts.lone_rounds > 0 {
+        bench.lone_request().await;
+    }
     let results = bench.rounds().await;
     drop(masters);
 
@@ -183,6 +189,51 @@ impl Bench<'_> {
             ),
             Err(e) => eprintln!("{}: failed: {e:#}", warm.label),
         }
+    }
+
+    /// A lone request, one buyer and no contention, with combining on and off: `segmented`, one
+    /// instance, one request in flight, `LONE_REQUESTS` sales per sale, on and off alternated
+    /// `lone_rounds` times; the medians of the rounds' p50s, and their ratio.
+    async fn lone_request(&self) {
+        let opts = Options {
+            stock: LONE_REQUESTS,
+            buyers: usize::try_from(LONE_REQUESTS).unwrap_or(0),
+            concurrency: 1,
+            instances: 1,
+            ..self.opts.clone()
+        };
+        let run = |batch_max| Run {
+            label: format!("lone request, STOCK_BATCH_MAX={batch_max}"),
+            strategy: Strategy::Segmented,
+            segments: self.opts.segments,
+            batch_max,
+        };
+        let (on, off) = (run(self.opts.batch_max), run(1));
+        let (mut p50_on, mut p50_off) = (Vec::new(), Vec::new());
+        for _ in 0..self.opts.lone_rounds {
+            for (r, p50s) in [(&on, &mut p50_on), (&off, &mut p50_off)] {
+                let mut ok = match self.sell_out(&opts, r).await {
+                    Ok(m) => m.ok,
+                    Err(e) => {
+                        eprintln!("{}: failed: {e:#}", r.label);
+                        continue;
+                    }
+                };
+                ok.sort_unstable();
+                if let Some(p50) = quantile(&ok, 0.5) {
+                    p50s.push(p50.as_secs_f64() * 1000.0);
+                }
+            }
+        }
+        let (on_ms, off_ms) = (median(&mut p50_on), median(&mut p50_off));
+        println!(
+            "Lone request (segmented, one instance, one request in flight, {LONE_REQUESTS} \
+             sequential deductions, median of {} alternated rounds): p50 {on_ms:.3} ms with \
+             combining (STOCK_BATCH_MAX {}), {off_ms:.3} ms without; ratio {:.3}.",
+            self.opts.lone_rounds,
+            self.opts.batch_max,
+            if off_ms > 0.0 { on_ms / off_ms } else { 0.0 }
+        );
     }
 
     /// Every run, `rounds` times. Rounds interleave the runs (each round starting one further
@@ -282,6 +333,7 @@ struct Options {
     rounds: usize,
     batch_max: usize,
     anchor_clients: usize,
+    lone_rounds: usize,
     runs: Vec<Run>,
 }
 
@@ -348,7 +400,7 @@ impl Options {
                 segments,
                 batch_max,
             });
-            if compare_off && batch_max > 1 && strategy.combines() {
+            if compare_off && batch_max > 1 {
                 runs.push(Run {
                     label: format!("{strategy}, no combining"),
                     strategy,
@@ -376,6 +428,7 @@ impl Options {
             rounds,
             batch_max,
             anchor_clients: env_or("BENCH_ANCHOR_CLIENTS", 16)?,
+            lone_rounds: env_or("BENCH_LONE_ROUNDS", 3)?,
             runs,
         })
     }

@@ -405,9 +405,8 @@ impl Stock {
             Start::Recorded(m) => return self.replay(sku, m),
         };
         if self.strategy() == Strategy::RedisAtomic {
-            let generation = self.generation(sku, shape.generation).await?;
             return self
-                .deduct_atomic(sku, order_id, qty, generation, shape.segments)
+                .deduct_atomic(sku, order_id, qty, shape.generation, shape.segments)
                 .await;
         }
 
@@ -446,12 +445,12 @@ impl Stock {
         qty: i64,
     ) -> Result<StockChange, StockError> {
         let epoch = self.cache.epoch(sku).await?;
-        let mut conn = self.pool.acquire().await?;
         if generation.is_none()
-            && let Some(m) = store::movement(&mut conn, order_id, MovementKind::Deduct).await?
+            && let Some(m) = self.recorded(order_id).await?
         {
             return self.replay(sku, m);
         }
+        let mut conn = self.pool.acquire().await?;
         let rows = store::read_segments(&mut conn, sku, &[], false).await?;
         drop(conn);
         let total: i64 = rows.iter().map(|r| r.available).sum();
@@ -481,7 +480,7 @@ impl Stock {
 
     /// Whether single-segment deductions are combined into groups.
     fn combining(&self) -> bool {
-        self.config.batch_max > 1 && self.strategy().combines()
+        self.config.batch_max > 1
     }
 
     /// How the deduction starts. Combining: only the segment count, remembered for a moment
@@ -525,7 +524,11 @@ impl Stock {
     }
 
     /// `known`, or the item's current generation from the database.
-    async fn generation(&self, sku: &str, known: Option<i64>) -> Result<i64, StockError> {
+    pub(crate) async fn generation(
+        &self,
+        sku: &str,
+        known: Option<i64>,
+    ) -> Result<i64, StockError> {
         if let Some(generation) = known {
             return Ok(generation);
         }
@@ -539,17 +542,13 @@ impl Stock {
     /// The answer for a deduction of an unknown item: the order's use of another item if it
     /// has one, else not found.
     async fn unknown_item(&self, sku: &str, order_id: &str) -> StockError {
-        let used = async {
-            let mut conn = self.pool.acquire().await?;
-            store::movement(&mut conn, order_id, MovementKind::Deduct).await
-        };
-        match used.await {
+        match self.recorded(order_id).await {
             Ok(Some(m)) => StockError::OrderConflict {
                 order_id: m.order_id,
                 other: m.sku,
             },
             Ok(None) => StockError::NotFound(sku.to_owned()),
-            Err(err) => StockError::Db(err),
+            Err(err) => err,
         }
     }
 
@@ -595,8 +594,7 @@ impl Stock {
         sku: &str,
         order_id: &str,
     ) -> Result<StockChange, StockError> {
-        let mut conn = self.pool.acquire().await?;
-        match store::movement(&mut conn, order_id, MovementKind::Deduct).await? {
+        match self.recorded(order_id).await? {
             Some(m) => self.replay(sku, m),
             None => Err(StockError::Conflict),
         }
@@ -1082,7 +1080,7 @@ impl Stock {
         sku: &str,
         order_id: &str,
         qty: i64,
-        generation: i64,
+        generation: Option<i64>,
         segments: i32,
     ) -> Result<StockChange, StockError> {
         // A few rounds: a round ends early when the database refuses units Redis handed out
@@ -1106,7 +1104,13 @@ impl Stock {
             if parts.is_empty() {
                 // Redis, the gate, says no. The database tells sold out from not enough;
                 // units Redis handed out that the database has not recorded yet are in
-                // flight (they commit, or come back to Redis if their write fails).
+                // flight (they commit, or come back to Redis if their write fails). A
+                // combined request has not looked at the ledger yet: a recorded order replays.
+                if generation.is_none()
+                    && let Some(m) = self.recorded(order_id).await?
+                {
+                    return self.replay(sku, m);
+                }
                 let epoch = self.cache.epoch(sku).await?;
                 let total: i64 = self.segment_values(sku).await?.iter().map(|(_, a)| a).sum();
                 if total < qty {
@@ -1115,13 +1119,8 @@ impl Stock {
                 self.metrics.outcome(self.strategy(), "sold_out");
                 return Err(StockError::SoldOut(sku.to_owned()));
             }
-            if !self.config.rmw_delay.is_zero() {
-                tokio::time::sleep(self.config.rmw_delay).await;
-            }
-            let outcome = self
-                .write_atomic(sku, order_id, generation, &parts)
-                .instrument(db_span("deduct", sku))
-                .await;
+            self.rmw_pause().await;
+            let outcome = self.write_taken(sku, order_id, generation, &parts).await;
             if let Ok(Rmw::Done { movement, after }) = outcome {
                 return Ok(self.done(sku, movement, &after).await);
             }
@@ -1149,7 +1148,32 @@ impl Stock {
         Ok(rows.iter().map(|r| (r.segment, r.available)).collect())
     }
 
-    async fn write_atomic(
+    /// redis-atomic: write the units Redis handed out. From one segment and combining: with
+    /// the concurrent writes of that segment in one transaction (`group/atomic.rs`).
+    /// Otherwise alone.
+    async fn write_taken(
+        &self,
+        sku: &str,
+        order_id: &str,
+        generation: Option<i64>,
+        parts: &[(i32, i64)],
+    ) -> Result<Rmw, StockError> {
+        if let (None, [(segment, qty)]) = (generation, parts) {
+            return self.deduct_in_group(sku, *segment, order_id, *qty).await;
+        }
+        let generation = self.generation(sku, generation).await?;
+        self.write_atomic(sku, order_id, generation, parts)
+            .instrument(db_span("deduct", sku))
+            .await
+    }
+
+    /// The deduction recorded for `order_id` (of any item), if any.
+    async fn recorded(&self, order_id: &str) -> Result<Option<Movement>, StockError> {
+        let mut conn = self.pool.acquire().await?;
+        Ok(store::movement(&mut conn, order_id, MovementKind::Deduct).await?)
+    }
+
+    pub(crate) async fn write_atomic(
         &self,
         sku: &str,
         order_id: &str,

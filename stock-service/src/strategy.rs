@@ -48,12 +48,6 @@ impl Strategy {
         }
     }
 
-    /// Whether concurrent single-segment deductions are combined into groups (one lock, one
-    /// transaction) when `STOCK_BATCH_MAX` is above 1.
-    pub fn combines(self) -> bool {
-        self != Strategy::RedisAtomic
-    }
-
     /// Whether writes carry a fencing token checked by the database.
     pub fn is_fenced(self) -> bool {
         matches!(

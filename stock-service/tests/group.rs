@@ -312,3 +312,31 @@ async fn batch_max_one_turns_combining_off() {
     let report = audit(&c, &a, &sku).await;
     assert_eq!(report["ok"], true, "{report}");
 }
+
+/// redis-atomic: Redis over-counts (its counter says 50, the database has 5). A group of
+/// concurrent writes whose sum the database refuses is rolled back and each request is
+/// written alone: exactly the 5 units sell, the rest are told sold out, the books balance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_redis_atomic_group_the_database_refuses_falls_back_to_each_alone() {
+    let a = instance(&[("STOCK_STRATEGY", "redis-atomic"), ("RMW_DELAY_MS", "50")]).await;
+    let c = http();
+    let sku = sku();
+    put_stock(&c, &a, &sku, 5, 1).await;
+    let counters = a.stock.cache.keys(&sku).counters;
+    let mut redis = redis::Client::open(testkit::redis_url())
+        .expect("redis")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let _: () = redis::AsyncCommands::hset(&mut redis, &counters, 0, 50)
+        .await
+        .expect("over-count");
+
+    let t = common::flash_sale(&[&a], &sku, 30, 30).await;
+    assert_eq!((t.ok, t.sold_out), (5, 25), "{:?}", t.other);
+    let stats = a.stock.groups.stats();
+    assert!(stats.requests > stats.batches, "groups formed: {stats:?}");
+    let report = audit(&c, &a, &sku).await;
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(available(&db().await, &sku).await, 0);
+}

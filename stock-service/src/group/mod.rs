@@ -9,7 +9,11 @@
 //! request gets the outcome it would have got alone: done, short of units (its caller moves on
 //! to the next segment), or a replay. A refused write or a failure fails the whole group and
 //! changes nothing: the transaction is rolled back, every request gets the error.
+//!
+//! `redis-atomic` has no lock; its group is the database write of units Redis handed out
+//! ([`atomic`]).
 
+mod atomic;
 pub mod plan;
 
 use std::sync::Arc;
@@ -19,6 +23,7 @@ use tracing::{Instrument as _, Span};
 
 use crate::engine::{Refusal, Rmw, Stock, StockError, Tokens};
 use crate::store::{self, Movement, MovementKind, Part, SegmentRow};
+use crate::strategy::Strategy;
 use plan::{GroupPlan, Verdict};
 use service_kit::combine::{Combiner, Worker};
 
@@ -103,10 +108,15 @@ impl Stock {
             // The group's lock.wait, lock.hold and db.transaction spans go inside the first
             // request's span (its trace shows the critical section the others shared).
             let span = wants[0].span.clone();
-            let outcomes = self
-                .deduct_group(&sku, segment, &wants)
-                .instrument(span)
-                .await;
+            let outcomes = if self.config.strategy == Strategy::RedisAtomic {
+                self.write_group(&sku, segment, &wants)
+                    .instrument(span)
+                    .await
+            } else {
+                self.deduct_group(&sku, segment, &wants)
+                    .instrument(span)
+                    .await
+            };
             for (want, outcome) in wants.into_iter().zip(outcomes) {
                 // A caller that went away no longer needs its answer; its deduction stands
                 // and a retry replays it.
