@@ -11,7 +11,7 @@
 //! changes nothing: the transaction is rolled back, every request gets the error.
 //!
 //! `redis-atomic` has no lock; its group is the database write of units Redis handed out
-//! ([`atomic`]).
+//! (`group/atomic.rs`).
 
 mod atomic;
 pub mod plan;
