@@ -251,6 +251,8 @@ pub struct Stock {
     pub groups: Arc<Groups>,
     /// Items' segment counts, remembered for a moment (combined deductions).
     pub shapes: Arc<ShapeCache>,
+    /// Random per instance: where this instance's combined deductions start looking.
+    pub home: u32,
 }
 
 /// What a deduction knows of its item before it starts.
@@ -410,11 +412,10 @@ impl Stock {
                 .await;
         }
 
-        // One segment that covers the quantity, starting at a random one, skipping those the
-        // cache says cannot cover it.
+        // One segment that covers the quantity, skipping those the cache says cannot cover it.
         let segments = shape.segments;
         let cached = self.cache.availability(sku).await;
-        let start = rand::rng().random_range(0..segments);
+        let start = self.first_segment(segments);
         for i in 0..segments {
             let segment = (start + i) % segments;
             if cached.get(&segment).is_some_and(|&a| a < qty) {
@@ -475,6 +476,20 @@ impl Stock {
             }
             Rmw::Duplicate => self.replay_after_race(sku, order_id).await,
             Rmw::Rejected { .. } => Err(StockError::Conflict),
+        }
+    }
+
+    /// Where a deduction starts looking for a segment. Alone: a random one, which spreads the
+    /// lock contention. Combining: this instance's home segment, the same for all of its
+    /// requests, so that they queue up together and its groups are as large as they can be
+    /// (one queue per instance instead of one per segment), while other instances, with other
+    /// homes, mostly work on other segments. A home that runs empty is skipped (the cache says
+    /// so) and the next segment takes over.
+    fn first_segment(&self, segments: i32) -> i32 {
+        if self.combining() {
+            i32::try_from(self.home % segments.unsigned_abs().max(1)).unwrap_or(0)
+        } else {
+            rand::rng().random_range(0..segments)
         }
     }
 
@@ -1087,7 +1102,7 @@ impl Stock {
         // (Redis over-counted, e.g. after re-seeding while writes were in flight); the
         // counters are corrected from the database and the next round asks Redis again.
         for _ in 0..ATOMIC_ROUNDS {
-            let start = rand::rng().random_range(0..segments);
+            let start = self.first_segment(segments);
             let parts = match self.cache.take(sku, qty, start, segments).await? {
                 Some(p) => p,
                 None => {

@@ -85,6 +85,7 @@ pub async fn connect(config: StockConfig) -> anyhow::Result<Stock> {
         oversold,
         groups,
         shapes,
+        home: rand::random(),
     })
 }
 
