@@ -1,5 +1,7 @@
 //! The HTTP API of the order-service.
 
+use std::sync::Arc;
+
 use axum::Router;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{FromRequestParts, Query, State};
@@ -111,7 +113,8 @@ pub fn routes(orders: Orders) -> Router {
         .route("/orders/{id}/cancel", post(cancel))
         .route("/orders/audit/{sku}", get(audit))
         .route("/openapi.json", get(openapi))
-        .with_state(orders)
+        // Behind an Arc: axum clones the state for every request.
+        .with_state(Arc::new(orders))
 }
 
 /// Place an order. Requires `Idempotency-Key`; a repeat with the same key and body replays the
@@ -126,7 +129,7 @@ pub fn routes(orders: Orders) -> Router {
               (status = 422, description = "Bad sku/qty, or the key was used with another body", content_type = "application/problem+json"),
               (status = 503, description = "Stock-service unavailable or outcome unknown: retry with the same key", content_type = "application/problem+json")))]
 async fn place(
-    State(orders): State<Orders>,
+    State(orders): State<Arc<Orders>>,
     User(user): User,
     IdempotencyKey(key): IdempotencyKey,
     Json(req): Json<PlaceOrder>,
@@ -169,7 +172,7 @@ fn reply(r: Reply) -> Response {
 /// The caller's newest orders (up to 100).
 #[utoipa::path(get, path = "/orders", responses((status = 200, body = [Order])))]
 async fn list(
-    State(orders): State<Orders>,
+    State(orders): State<Arc<Orders>>,
     User(user): User,
 ) -> Result<Json<Vec<Order>>, ApiError> {
     Ok(Json(orders.list(&user).await?))
@@ -179,7 +182,7 @@ async fn list(
 #[utoipa::path(get, path = "/orders/{id}", params(("id" = Uuid, Path)),
     responses((status = 200, body = Order), (status = 404, content_type = "application/problem+json")))]
 async fn one(
-    State(orders): State<Orders>,
+    State(orders): State<Arc<Orders>>,
     User(user): User,
     Path(id): Path<Uuid>,
 ) -> Result<Json<Order>, ApiError> {
@@ -191,7 +194,7 @@ async fn one(
     responses((status = 200, body = Order), (status = 404, content_type = "application/problem+json"),
               (status = 409, description = "Illegal transition", content_type = "application/problem+json")))]
 async fn pay(
-    State(orders): State<Orders>,
+    State(orders): State<Arc<Orders>>,
     User(user): User,
     Path(id): Path<Uuid>,
 ) -> Result<Json<Order>, ApiError> {
@@ -203,7 +206,7 @@ async fn pay(
     responses((status = 200, body = Order), (status = 404, content_type = "application/problem+json"),
               (status = 409, description = "Illegal transition", content_type = "application/problem+json")))]
 async fn cancel(
-    State(orders): State<Orders>,
+    State(orders): State<Arc<Orders>>,
     User(user): User,
     Path(id): Path<Uuid>,
 ) -> Result<Json<Order>, ApiError> {
@@ -228,7 +231,7 @@ pub struct AuditQuery {
               (status = 403, description = "Not an admin", content_type = "application/problem+json"),
               (status = 422, description = "Bad sku or query", content_type = "application/problem+json")))]
 async fn audit(
-    State(orders): State<Orders>,
+    State(orders): State<Arc<Orders>>,
     _: Admin,
     Path(sku): Path<String>,
     query: Result<Query<AuditQuery>, QueryRejection>,

@@ -1,6 +1,8 @@
 //! The HTTP API: JSON in and out, errors as problem+json.
 
 use axum::Router;
+use std::sync::Arc;
+
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -54,7 +56,8 @@ pub fn routes(stock: Stock) -> Router {
         .route("/stock/{sku}/releases", post(release))
         .route("/stock/{sku}/audit", get(audit))
         .route("/openapi.json", get(openapi))
-        .with_state(stock)
+        // Behind an Arc: axum clones the state for every request, and the engine is large.
+        .with_state(Arc::new(stock))
 }
 
 /// Create or reset an item (admin).
@@ -63,7 +66,7 @@ pub fn routes(stock: Stock) -> Router {
     responses((status = 200, description = "The item as stocked", body = ItemStock),
               (status = 422, description = "Bad total or segments", content_type = "application/problem+json")))]
 async fn reset(
-    State(stock): State<Stock>,
+    State(stock): State<Arc<Stock>>,
     Path(sku): Path<String>,
     Json(body): Json<ResetRequest>,
 ) -> Result<Json<ItemStock>, ApiError> {
@@ -74,7 +77,7 @@ async fn reset(
 #[utoipa::path(get, path = "/stock/{sku}", params(("sku" = String, Path)),
     responses((status = 200, body = ItemStock), (status = 404, description = "Unknown item", content_type = "application/problem+json")))]
 async fn item(
-    State(stock): State<Stock>,
+    State(stock): State<Arc<Stock>>,
     Path(sku): Path<String>,
 ) -> Result<Json<ItemStock>, ApiError> {
     Ok(Json(stock.item(&sku).await?))
@@ -88,7 +91,7 @@ async fn item(
               (status = 422, description = "Bad quantity or order id", content_type = "application/problem+json"),
               (status = 503, description = "Lock busy or lost; retry with the same order id", content_type = "application/problem+json")))]
 async fn deduct(
-    State(stock): State<Stock>,
+    State(stock): State<Arc<Stock>>,
     Path(sku): Path<String>,
     Json(body): Json<DeductRequest>,
 ) -> Result<Json<StockChange>, ApiError> {
@@ -99,7 +102,7 @@ async fn deduct(
 #[utoipa::path(get, path = "/stock/{sku}/deductions/{order_id}", params(("sku" = String, Path), ("order_id" = String, Path)),
     responses((status = 200, body = StockChange), (status = 404, description = "No deduction for this order", content_type = "application/problem+json")))]
 async fn deduction(
-    State(stock): State<Stock>,
+    State(stock): State<Arc<Stock>>,
     Path((sku, order_id)): Path<(String, String)>,
 ) -> Result<Json<StockChange>, ApiError> {
     Ok(Json(stock.deduction(&sku, &order_id).await?))
@@ -111,7 +114,7 @@ async fn deduction(
               (status = 404, description = "The order has no deduction of this item", content_type = "application/problem+json"),
               (status = 409, description = "The item was reset since", content_type = "application/problem+json")))]
 async fn release(
-    State(stock): State<Stock>,
+    State(stock): State<Arc<Stock>>,
     Path(sku): Path<String>,
     Json(body): Json<ReleaseRequest>,
 ) -> Result<Json<StockChange>, ApiError> {
@@ -123,7 +126,7 @@ async fn release(
     responses((status = 200, description = "The audit; `ok` says whether it passed", body = Audit),
               (status = 404, description = "Unknown item", content_type = "application/problem+json")))]
 async fn audit(
-    State(stock): State<Stock>,
+    State(stock): State<Arc<Stock>>,
     Path(sku): Path<String>,
 ) -> Result<Json<Audit>, ApiError> {
     crate::engine::validate_sku(&sku)?;
