@@ -415,9 +415,7 @@ impl Stock {
         // One segment that covers the quantity, skipping those the cache says cannot cover it.
         let segments = shape.segments;
         let cached = self.cache.availability(sku).await;
-        let start = self.first_segment(segments);
-        for i in 0..segments {
-            let segment = (start + i) % segments;
+        for segment in self.visit_order(segments) {
             if cached.get(&segment).is_some_and(|&a| a < qty) {
                 continue;
             }
@@ -479,18 +477,27 @@ impl Stock {
         }
     }
 
-    /// Where a deduction starts looking for a segment. Alone: a random one, which spreads the
-    /// lock contention. Combining: this instance's home segment, the same for all of its
-    /// requests, so that they queue up together and its groups are as large as they can be
-    /// (one queue per instance instead of one per segment), while other instances, with other
-    /// homes, mostly work on other segments. A home that runs empty is skipped (the cache says
-    /// so) and the next segment takes over.
+    /// The order in which a deduction tries the segments. Alone: from a random one on, which
+    /// spreads the lock contention. Combining: this instance's home segment first, the same
+    /// for all of its requests, so that they queue up together and its groups are as large as
+    /// they can be, while other instances, with other homes, mostly work on other segments;
+    /// then the others from a random one on (a home that ran empty must not send every
+    /// instance to the same next segment).
+    fn visit_order(&self, segments: i32) -> impl Iterator<Item = i32> {
+        let n = segments.max(1);
+        let random = rand::rng().random_range(0..n);
+        let home = self
+            .combining()
+            .then(|| i32::try_from(self.home % n.unsigned_abs()).unwrap_or(0));
+        let rest = (0..n)
+            .map(move |i| (random + i) % n)
+            .filter(move |&s| Some(s) != home);
+        home.into_iter().chain(rest)
+    }
+
+    /// Where redis-atomic's take starts: the first segment of [`Stock::visit_order`].
     fn first_segment(&self, segments: i32) -> i32 {
-        if self.combining() {
-            i32::try_from(self.home % segments.unsigned_abs().max(1)).unwrap_or(0)
-        } else {
-            rand::rng().random_range(0..segments)
-        }
+        self.visit_order(segments).next().unwrap_or(0)
     }
 
     /// Whether single-segment deductions are combined into groups.
