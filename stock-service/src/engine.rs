@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use rand::Rng;
@@ -251,8 +252,9 @@ pub struct Stock {
     pub groups: Arc<Groups>,
     /// Items' segment counts, remembered for a moment (combined deductions).
     pub shapes: Arc<ShapeCache>,
-    /// Random per instance: where this instance's combined deductions start looking.
-    pub home: u32,
+    /// Where this instance's combined deductions start looking (modulo the segment count):
+    /// random at start, moved on by one when the segment there runs empty.
+    pub home: Arc<AtomicU32>,
 }
 
 /// What a deduction knows of its item before it starts.
@@ -415,8 +417,13 @@ impl Stock {
         // One segment that covers the quantity, skipping those the cache says cannot cover it.
         let segments = shape.segments;
         let cached = self.cache.availability(sku).await;
-        for segment in self.visit_order(segments) {
+        let home = self.home.load(Ordering::Relaxed);
+        for (i, segment) in self.visit_order(segments, home).enumerate() {
+            let at_home = i == 0 && self.combining();
             if cached.get(&segment).is_some_and(|&a| a < qty) {
+                if at_home {
+                    self.move_home(home);
+                }
                 continue;
             }
             match self
@@ -424,7 +431,12 @@ impl Stock {
                 .await?
             {
                 Rmw::Done { movement, after } => return Ok(self.done(sku, movement, &after).await),
-                Rmw::Insufficient(seen) => self.cache.set_availability(sku, &seen).await,
+                Rmw::Insufficient(seen) => {
+                    if at_home {
+                        self.move_home(home);
+                    }
+                    self.cache.set_availability(sku, &seen).await;
+                }
                 Rmw::Duplicate => return self.replay_after_race(sku, order_id).await,
                 Rmw::Rejected { .. } => return Err(StockError::Conflict),
             }
@@ -478,26 +490,35 @@ impl Stock {
     }
 
     /// The order in which a deduction tries the segments. Alone: from a random one on, which
-    /// spreads the lock contention. Combining: this instance's home segment first, the same
+    /// spreads the lock contention. Combining: from this instance's home (`home`) on, the same
     /// for all of its requests, so that they queue up together and its groups are as large as
-    /// they can be, while other instances, with other homes, mostly work on other segments;
-    /// then the others from a random one on (a home that ran empty must not send every
-    /// instance to the same next segment).
-    fn visit_order(&self, segments: i32) -> impl Iterator<Item = i32> {
+    /// they can be, while other instances, with other homes, mostly work on other segments.
+    fn visit_order(&self, segments: i32, home: u32) -> impl Iterator<Item = i32> {
         let n = segments.max(1);
-        let random = rand::rng().random_range(0..n);
-        let home = self
-            .combining()
-            .then(|| i32::try_from(self.home % n.unsigned_abs()).unwrap_or(0));
-        let rest = (0..n)
-            .map(move |i| (random + i) % n)
-            .filter(move |&s| Some(s) != home);
-        home.into_iter().chain(rest)
+        let start = if self.combining() {
+            i32::try_from(home % n.unsigned_abs()).unwrap_or(0)
+        } else {
+            rand::rng().random_range(0..n)
+        };
+        (0..n).map(move |i| (start + i) % n)
+    }
+
+    /// The home segment (as read: `seen`) had too little: move the instance's home on by one,
+    /// once, however many requests found it so at the same time.
+    fn move_home(&self, seen: u32) {
+        let _ = self.home.compare_exchange(
+            seen,
+            seen.wrapping_add(1),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
     }
 
     /// Where redis-atomic's take starts: the first segment of [`Stock::visit_order`].
     fn first_segment(&self, segments: i32) -> i32 {
-        self.visit_order(segments).next().unwrap_or(0)
+        self.visit_order(segments, self.home.load(Ordering::Relaxed))
+            .next()
+            .unwrap_or(0)
     }
 
     /// Whether single-segment deductions are combined into groups.

@@ -85,7 +85,7 @@ pub async fn connect(config: StockConfig) -> anyhow::Result<Stock> {
         oversold,
         groups,
         shapes,
-        home: rand::random(),
+        home: std::sync::Arc::new(std::sync::atomic::AtomicU32::new(rand::random())),
     })
 }
 
