@@ -34,7 +34,7 @@
 //! | `BENCH_SEGMENT_SWEEP` | `1,4,16` | extra `segmented` runs with these segment counts (empty: none) |
 //! | `BENCH_ROUNDS` | 1 | sell-outs per strategy, interleaved; the table shows medians and ranges |
 //! | `BENCH_BATCH_MAX` | 64 | the services' `STOCK_BATCH_MAX` (group deduction) |
-//! | `BENCH_COMBINING_OFF` | true | also run each strategy with `STOCK_BATCH_MAX=1` |
+//! | `BENCH_COMBINING_OFF` | true | also run each strategy that combines (all but `naive`) with `STOCK_BATCH_MAX=1` |
 //! | `BENCH_ANCHOR_CLIENTS` | 16 | clients of the hot-row anchor |
 //! | `BENCH_LONE_ROUNDS` | 3 | lone-request comparisons (combining on vs off; 0: none) |
 //!
@@ -400,7 +400,7 @@ impl Options {
                 segments,
                 batch_max,
             });
-            if compare_off && batch_max > 1 {
+            if compare_off && batch_max > 1 && strategy.combines() {
                 runs.push(Run {
                     label: format!("{strategy}, no combining"),
                     strategy,

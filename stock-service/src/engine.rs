@@ -523,7 +523,7 @@ impl Stock {
 
     /// Whether single-segment deductions are combined into groups.
     fn combining(&self) -> bool {
-        self.config.batch_max > 1
+        self.config.batch_max > 1 && self.strategy().combines()
     }
 
     /// How the deduction starts. Combining: only the segment count, remembered for a moment

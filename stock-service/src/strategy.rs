@@ -48,6 +48,14 @@ impl Strategy {
         }
     }
 
+    /// Whether concurrent single-segment deductions are combined into groups when
+    /// `STOCK_BATCH_MAX` is above 1. Every strategy but `naive`: a group serializes one
+    /// segment's deductions within an instance, which is concurrency control, and `naive`, the
+    /// negative control, must have none.
+    pub fn combines(self) -> bool {
+        self != Strategy::Naive
+    }
+
     /// Whether writes carry a fencing token checked by the database.
     pub fn is_fenced(self) -> bool {
         matches!(
