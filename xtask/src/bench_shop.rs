@@ -182,7 +182,6 @@ pub fn run(services: &Services) -> anyhow::Result<Vec<(String, Outcome)>> {
         .iter()
         .filter(|c| load.only.as_deref().is_none_or(|o| c.label.contains(o)))
         .collect();
-    let mut steps = Vec::new();
     let mut rows: Vec<(&Case, Vec<Run>)> = cases.iter().map(|c| (*c, Vec::new())).collect();
     let mut phase: Option<(Run, Run)> = None;
     let mut anchors = Vec::new();
@@ -231,36 +230,7 @@ pub fn run(services: &Services) -> anyhow::Result<Vec<(String, Outcome)>> {
             runs.push(run);
         }
     }
-    for (case, runs) in &rows {
-        // The negative control is expected to fail its audit; everything else to pass.
-        let expected = |r: &Run| {
-            r.summary
-                && if case.strategy == "naive" {
-                    !r.passed
-                } else {
-                    r.passed
-                }
-        };
-        let outcome = if runs.is_empty() {
-            Outcome::Skipped("interrupted")
-        } else if runs.iter().all(expected) {
-            Outcome::Passed
-        } else {
-            Outcome::Failed(runs.iter().find(|r| !expected(r)).and_then(|r| r.exit))
-        };
-        steps.push((case.label.to_owned(), outcome));
-    }
-    if let Some((sold_out, trivial)) = &phase {
-        let ok = sold_out.passed && trivial.passed;
-        steps.push((
-            "sold-out phase".to_owned(),
-            if ok {
-                Outcome::Passed
-            } else {
-                Outcome::Failed(sold_out.exit)
-            },
-        ));
-    }
+    let steps = verdicts(&rows, phase.as_ref());
     drop(masters);
     let table = table(&load, &rows, &anchors, phase.as_ref());
     println!("\n{table}");
@@ -280,6 +250,43 @@ fn hot_row_anchor(services: &Services) -> anyhow::Result<testkit::anchor::HotRow
             testkit::anchor::hot_row(&url, 16, std::time::Duration::from_secs(3)).await
         })
         .with_context(|| format!("hot-row anchor on {}", services.database_url))
+}
+
+/// The bench's steps: each case passed when every sale of it passed its verdict (the negative
+/// control when it failed), and the sold-out phase when both halves ran.
+fn verdicts(rows: &[(&Case, Vec<Run>)], phase: Option<&(Run, Run)>) -> Vec<(String, Outcome)> {
+    let mut steps = Vec::new();
+    for (case, runs) in rows {
+        // The negative control is expected to fail its audit; everything else to pass.
+        let expected = |r: &Run| {
+            r.summary
+                && if case.strategy == "naive" {
+                    !r.passed
+                } else {
+                    r.passed
+                }
+        };
+        let outcome = if runs.is_empty() {
+            Outcome::Skipped("interrupted")
+        } else if runs.iter().all(expected) {
+            Outcome::Passed
+        } else {
+            Outcome::Failed(runs.iter().find(|r| !expected(r)).and_then(|r| r.exit))
+        };
+        steps.push((case.label.to_owned(), outcome));
+    }
+    if let Some((sold_out, trivial)) = phase {
+        let ok = sold_out.passed && trivial.passed;
+        steps.push((
+            "sold-out phase".to_owned(),
+            if ok {
+                Outcome::Passed
+            } else {
+                Outcome::Failed(sold_out.exit)
+            },
+        ));
+    }
+    steps
 }
 
 fn shop_options(case: &Case, dir: &Path, i: usize) -> anyhow::Result<ShopOptions> {

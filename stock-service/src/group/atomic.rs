@@ -5,13 +5,10 @@
 //! is rolled back and each request is written alone, so that only the ones that do not fit are
 //! refused (the goodplayer/seckill fallback).
 
-use std::sync::Arc;
-
 use tracing::Instrument as _;
 
-use super::{At, Want};
+use super::{At, Want, answers, failed};
 use crate::engine::{Rmw, Stock, StockError, db_span};
-use crate::group::plan::Verdict;
 use crate::store::{self, SegmentRow};
 
 impl Stock {
@@ -29,13 +26,7 @@ impl Stock {
         match grouped {
             Ok(Some(outcomes)) => outcomes.into_iter().map(Ok).collect(),
             Ok(None) => self.write_each(sku, segment, wants).await,
-            Err(err) => {
-                let shared = Arc::new(err);
-                wants
-                    .iter()
-                    .map(|_| Err(StockError::Shared(Arc::clone(&shared))))
-                    .collect()
-            }
+            Err(err) => failed(err, wants.len()),
         }
     }
 
@@ -70,28 +61,18 @@ impl Stock {
         };
         let (plan, recorded) = self.record_group(&mut tx, &at, wants).await?;
         let sum = i64::MAX - plan.left();
-        let mut after = Vec::new();
-        if sum > 0 {
-            let Some(value) = store::add_to_segment(&mut tx, sku, segment, -sum).await? else {
-                tx.rollback().await?;
-                return Ok(None);
-            };
-            after.push((segment, value));
+        if sum == 0 {
+            tx.rollback().await?;
+            return Ok(Some(answers(&plan, recorded, &[])));
         }
+        let Some(value) = store::add_to_segment(&mut tx, sku, segment, -sum).await? else {
+            tx.rollback().await?;
+            return Ok(None);
+        };
         tx.commit().await?;
-        let outcomes = plan
-            .verdicts()
-            .into_iter()
-            .zip(recorded)
-            .map(|(verdict, movement)| match (verdict, movement) {
-                (_, Some(movement)) => Rmw::Done {
-                    movement,
-                    after: after.clone(),
-                },
-                (Verdict::Take | Verdict::Duplicate, None) => Rmw::Duplicate,
-                (Verdict::Short | Verdict::Pending, None) => Rmw::Insufficient(after.clone()),
-            })
-            .collect();
+        let after = [(segment, value)];
+        self.written(sku, &after).await;
+        let outcomes = answers(&plan, recorded, &after);
         Ok(Some(outcomes))
     }
 

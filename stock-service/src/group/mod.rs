@@ -143,13 +143,7 @@ impl Stock {
             Ok(GroupRmw::Rejected { .. }) => {
                 wants.iter().map(|_| Err(StockError::Conflict)).collect()
             }
-            Err(err) => {
-                let shared = Arc::new(err);
-                wants
-                    .iter()
-                    .map(|_| Err(StockError::Shared(Arc::clone(&shared))))
-                    .collect()
-            }
+            Err(err) => failed(err, wants.len()),
         }
     }
 
@@ -217,24 +211,9 @@ impl Stock {
                 return Ok(GroupRmw::Rejected { row, token });
             }
             tx.commit().await?;
-            // Once for the group, not once per request (their `after` stays empty).
-            self.cache.set_availability(sku, &after).await;
-            self.metrics.segment_levels(sku, &after);
+            self.written(sku, &after).await;
         }
-        let outcomes = plan
-            .verdicts()
-            .into_iter()
-            .zip(recorded)
-            .map(|(verdict, movement)| match (verdict, movement) {
-                (_, Some(movement)) => Rmw::Done {
-                    movement,
-                    after: Vec::new(),
-                },
-                (Verdict::Take | Verdict::Duplicate, None) => Rmw::Duplicate,
-                (Verdict::Short | Verdict::Pending, None) => Rmw::Insufficient(after.clone()),
-            })
-            .collect();
-        Ok(GroupRmw::Done(outcomes))
+        Ok(GroupRmw::Done(answers(&plan, recorded, &after)))
     }
 
     /// Decide who gets units and insert their ledger rows: rounds of fit, insert, and (when an
@@ -276,6 +255,13 @@ impl Stock {
         Ok((plan, recorded))
     }
 
+    /// A group changed a segment to `after`: the availability cache and gauge learn it once for
+    /// the group, not once per request (the requests' own `after` stays empty).
+    async fn written(&self, sku: &str, after: &[(i32, i64)]) {
+        self.cache.set_availability(sku, after).await;
+        self.metrics.segment_levels(sku, after);
+    }
+
     /// The ledger row of `want` taking its units from the segment `at`.
     fn movement(&self, at: &At<'_>, want: &Want) -> Movement {
         Movement {
@@ -290,4 +276,30 @@ impl Stock {
             generation: at.generation,
         }
     }
+}
+
+/// Each request's outcome: done with its recorded movement, a replay when its order was
+/// recorded already (or by its first occurrence), or short of units (the segment as it is now,
+/// `after`).
+fn answers(plan: &GroupPlan, recorded: Vec<Option<Movement>>, after: &[(i32, i64)]) -> Vec<Rmw> {
+    plan.verdicts()
+        .into_iter()
+        .zip(recorded)
+        .map(|(verdict, movement)| match (verdict, movement) {
+            (_, Some(movement)) => Rmw::Done {
+                movement,
+                after: Vec::new(),
+            },
+            (Verdict::Take | Verdict::Duplicate, None) => Rmw::Duplicate,
+            (Verdict::Short | Verdict::Pending, None) => Rmw::Insufficient(after.to_vec()),
+        })
+        .collect()
+}
+
+/// The group's failure, given to each of its `n` requests.
+fn failed(err: StockError, n: usize) -> Vec<Result<Rmw, StockError>> {
+    let shared = Arc::new(err);
+    (0..n)
+        .map(|_| Err(StockError::Shared(Arc::clone(&shared))))
+        .collect()
 }
