@@ -1,6 +1,7 @@
 //! `cargo xtask bench shop`: the goose flash sale through the whole shop (gateway, two
 //! order-services, two stock-services, release builds), once per strategy and for
-//! `segmented` with S = 1, 4, 8 and 16 segments, in one run; then the sold-out phase against
+//! `segmented` with S = 1, 4, 8 and 16 segments, and the default with grouping off
+//! (`STOCK_BATCH_MAX` and `ORDER_BATCH_MAX` 1), in one run; then the sold-out phase against
 //! the raw gateway. Prints the comparison as ratios to `db-pessimistic` and to the machine's
 //! hot-row anchor, measured before each round.
 
@@ -22,6 +23,9 @@ struct Case {
     label: &'static str,
     strategy: &'static str,
     segments: u32,
+    /// Group deduction and grouped claims and settles on (the default), or off
+    /// (`STOCK_BATCH_MAX` and `ORDER_BATCH_MAX` 1) for the same-run comparison.
+    grouped: bool,
 }
 
 /// The cases, the baseline first. Every item has 8 segments except the S sweep.
@@ -30,51 +34,67 @@ const CASES: &[Case] = &[
         label: "db-pessimistic",
         strategy: "db-pessimistic",
         segments: 8,
+        grouped: true,
     },
     Case {
         label: "db-optimistic",
         strategy: "db-optimistic",
         segments: 8,
+        grouped: true,
     },
     Case {
         label: "redis-lock",
         strategy: "redis-lock",
         segments: 8,
+        grouped: true,
     },
     Case {
         label: "segmented S=1",
         strategy: "segmented",
         segments: 1,
+        grouped: true,
     },
     Case {
         label: "segmented S=4",
         strategy: "segmented",
         segments: 4,
+        grouped: true,
     },
     Case {
         label: "segmented S=8 (default)",
         strategy: "segmented",
         segments: 8,
+        grouped: true,
+    },
+    Case {
+        label: "segmented S=8, no grouping",
+        strategy: "segmented",
+        segments: 8,
+        grouped: false,
     },
     Case {
         label: "segmented S=16",
         strategy: "segmented",
         segments: 16,
+        grouped: true,
     },
     Case {
         label: "redlock (3 masters)",
         strategy: "redlock",
         segments: 8,
+        grouped: true,
     },
     Case {
         label: "redis-atomic",
         strategy: "redis-atomic",
         segments: 8,
+        grouped: true,
     },
     Case {
         label: "naive (control)",
         strategy: "naive",
         segments: 8,
+        grouped: true,
     },
 ];
 
@@ -290,13 +310,19 @@ fn verdicts(rows: &[(&Case, Vec<Run>)], phase: Option<&(Run, Run)>) -> Vec<(Stri
 }
 
 fn shop_options(case: &Case, dir: &Path, i: usize) -> anyhow::Result<ShopOptions> {
+    // Every buyer keeps buying: the run measures the strategy, not user churn.
+    let mut order_env = vec![("PURCHASE_LIMIT".into(), "1000000".into())];
+    let mut stock_env = Vec::new();
+    if !case.grouped {
+        stock_env.push(("STOCK_BATCH_MAX".into(), "1".into()));
+        order_env.push(("ORDER_BATCH_MAX".into(), "1".into()));
+    }
     Ok(ShopOptions {
         gateway_port: 0,
         instances: 2,
         strategy: case.strategy.to_owned(),
-        stock_env: Vec::new(),
-        // Every buyer keeps buying: the run measures the strategy, not user churn.
-        order_env: vec![("PURCHASE_LIMIT".into(), "1000000".into())],
+        stock_env,
+        order_env,
         rate_limits: false,
         admin_password: "bench-admin-password".into(),
         name: "bench".into(),
