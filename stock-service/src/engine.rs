@@ -25,8 +25,6 @@ use crate::strategy::Strategy;
 pub const MAX_QTY: i64 = 10_000;
 /// Largest item a reset may create.
 pub const MAX_TOTAL: i64 = 1_000_000_000;
-/// Rounds of redis-atomic's take-then-write before answering 503.
-const ATOMIC_ROUNDS: usize = 5;
 /// Most segments an item may have.
 pub const MAX_SEGMENTS: i32 = 1024;
 
@@ -311,7 +309,7 @@ fn valid_id(s: &str, max: usize, extra: &[u8]) -> bool {
 }
 
 impl Stock {
-    fn strategy(&self) -> Strategy {
+    pub(crate) fn strategy(&self) -> Strategy {
         self.config.strategy
     }
 
@@ -515,7 +513,7 @@ impl Stock {
     }
 
     /// Where redis-atomic's take starts: the first segment of [`Stock::visit_order`].
-    fn first_segment(&self, segments: i32) -> i32 {
+    pub(crate) fn first_segment(&self, segments: i32) -> i32 {
         self.visit_order(segments, self.home.load(Ordering::Relaxed))
             .next()
             .unwrap_or(0)
@@ -596,7 +594,13 @@ impl Stock {
     }
 
     /// Sold out (and say so to every instance) or merely insufficient.
-    async fn not_enough(&self, sku: &str, epoch: &str, total: i64, qty: i64) -> StockError {
+    pub(crate) async fn not_enough(
+        &self,
+        sku: &str,
+        epoch: &str,
+        total: i64,
+        qty: i64,
+    ) -> StockError {
         if total == 0 {
             if let Err(err) = self.cache.mark_sold_out(sku, epoch).await {
                 tracing::warn!(%sku, error = %err, "could not set the sold-out flag");
@@ -613,7 +617,12 @@ impl Stock {
         }
     }
 
-    async fn done(&self, sku: &str, movement: Movement, after: &[(i32, i64)]) -> StockChange {
+    pub(crate) async fn done(
+        &self,
+        sku: &str,
+        movement: Movement,
+        after: &[(i32, i64)],
+    ) -> StockChange {
         self.oversold.touch(sku);
         self.cache.set_availability(sku, after).await;
         self.metrics.outcome(self.strategy(), "ok");
@@ -621,7 +630,7 @@ impl Stock {
         StockChange::from_movement(movement, false)
     }
 
-    fn replay(&self, sku: &str, m: Movement) -> Result<StockChange, StockError> {
+    pub(crate) fn replay(&self, sku: &str, m: Movement) -> Result<StockChange, StockError> {
         if m.sku != sku {
             return Err(StockError::OrderConflict {
                 order_id: m.order_id,
@@ -632,7 +641,7 @@ impl Stock {
         Ok(StockChange::from_movement(m, true))
     }
 
-    async fn replay_after_race(
+    pub(crate) async fn replay_after_race(
         &self,
         sku: &str,
         order_id: &str,
@@ -1115,180 +1124,16 @@ impl Stock {
         Ok(Rmw::Done { movement, after })
     }
 
-    /// redis-atomic: a Lua script takes the units from Redis counters (the gate), then a
-    /// guarded SQL decrement and the movement are written; anything the database refuses is
-    /// given back to Redis.
-    async fn deduct_atomic(
-        &self,
-        sku: &str,
-        order_id: &str,
-        qty: i64,
-        generation: Option<i64>,
-        segments: i32,
-    ) -> Result<StockChange, StockError> {
-        // A few rounds: a round ends early when the database refuses units Redis handed out
-        // (Redis over-counted, e.g. after re-seeding while writes were in flight); the
-        // counters are corrected from the database and the next round asks Redis again.
-        for _ in 0..ATOMIC_ROUNDS {
-            let start = self.first_segment(segments);
-            let parts = match self.cache.take(sku, qty, start, segments).await? {
-                Some(p) => p,
-                None => {
-                    // Redis lost the counters: re-seed from the database and try again.
-                    let values = self.segment_values(sku).await?;
-                    self.cache.seed_counters(sku, &values).await?;
-                    self.metrics.counters_reseeded();
-                    self.cache
-                        .take(sku, qty, start, segments)
-                        .await?
-                        .unwrap_or_default()
-                }
-            };
-            if parts.is_empty() {
-                // Redis, the gate, says no. The database tells sold out from not enough;
-                // units Redis handed out that the database has not recorded yet are in
-                // flight (they commit, or come back to Redis if their write fails). A
-                // combined request has not looked at the ledger yet: a recorded order replays.
-                if generation.is_none()
-                    && let Some(m) = self.recorded(order_id).await?
-                {
-                    return self.replay(sku, m);
-                }
-                let epoch = self.cache.epoch(sku).await?;
-                let total: i64 = self.segment_values(sku).await?.iter().map(|(_, a)| a).sum();
-                if total < qty {
-                    return Err(self.not_enough(sku, &epoch, total, qty).await);
-                }
-                self.metrics.outcome(self.strategy(), "sold_out");
-                return Err(StockError::SoldOut(sku.to_owned()));
-            }
-            self.rmw_pause().await;
-            let outcome = self.write_taken(sku, order_id, generation, &parts).await;
-            if let Ok(Rmw::Done { movement, after }) = outcome {
-                return Ok(self.done(sku, movement, &after).await);
-            }
-            // The units were not written: give them back to Redis.
-            if let Err(err) = self.cache.give_back(sku, &parts).await {
-                tracing::warn!(%sku, error = %err, "could not give units back to Redis (drift)");
-            }
-            match outcome? {
-                Rmw::Duplicate => return self.replay_after_race(sku, order_id).await,
-                Rmw::Insufficient(seen) => {
-                    // The database had less than Redis handed out: correct those counters.
-                    self.cache.correct_counters(sku, &seen).await?;
-                    self.metrics.atomic_drift();
-                }
-                Rmw::Done { .. } | Rmw::Rejected { .. } => return Err(StockError::Conflict),
-            }
-        }
-        Err(StockError::Conflict)
-    }
-
-    /// Every segment's availability, from the database.
-    async fn segment_values(&self, sku: &str) -> Result<Vec<(i32, i64)>, StockError> {
-        let mut conn = self.pool.acquire().await?;
-        let rows = store::read_segments(&mut conn, sku, &[], false).await?;
-        Ok(rows.iter().map(|r| (r.segment, r.available)).collect())
-    }
-
-    /// redis-atomic: write the units Redis handed out. From one segment and combining: with
-    /// the concurrent writes of that segment in one transaction (`group/atomic.rs`).
-    /// Otherwise alone.
-    async fn write_taken(
-        &self,
-        sku: &str,
-        order_id: &str,
-        generation: Option<i64>,
-        parts: &[(i32, i64)],
-    ) -> Result<Rmw, StockError> {
-        if let (None, [(segment, qty)]) = (generation, parts) {
-            return self.deduct_in_group(sku, *segment, order_id, *qty).await;
-        }
-        let generation = self.generation(sku, generation).await?;
-        self.write_atomic(sku, order_id, generation, parts)
-            .instrument(db_span("deduct", sku))
-            .await
-    }
-
     /// The deduction recorded for `order_id` (of any item), if any.
-    async fn recorded(&self, order_id: &str) -> Result<Option<Movement>, StockError> {
+    pub(crate) async fn recorded(&self, order_id: &str) -> Result<Option<Movement>, StockError> {
         let mut conn = self.pool.acquire().await?;
         Ok(store::movement(&mut conn, order_id, MovementKind::Deduct).await?)
-    }
-
-    pub(crate) async fn write_atomic(
-        &self,
-        sku: &str,
-        order_id: &str,
-        generation: i64,
-        parts: &[(i32, i64)],
-    ) -> Result<Rmw, StockError> {
-        let mut tx = self.pool.begin().await?;
-        let mut after = Vec::with_capacity(parts.len());
-        for &(segment, qty) in parts {
-            match store::add_to_segment(&mut tx, sku, segment, -qty).await? {
-                Some(value) => after.push((segment, value)),
-                None => {
-                    tx.rollback().await?;
-                    let mut conn = self.pool.acquire().await?;
-                    let rows = store::read_segments(&mut conn, sku, &[segment], false).await?;
-                    return Ok(Rmw::Insufficient(
-                        rows.iter().map(|r| (r.segment, r.available)).collect(),
-                    ));
-                }
-            }
-        }
-        let movement = Movement {
-            order_id: order_id.to_owned(),
-            sku: sku.to_owned(),
-            qty: parts.iter().map(|p| p.1).sum(),
-            parts: parts
-                .iter()
-                .map(|&(segment, qty)| Part { segment, qty })
-                .collect(),
-            strategy: Strategy::RedisAtomic.as_str().to_owned(),
-            generation,
-        };
-        if !commit_movement(tx, MovementKind::Deduct, &movement, Strategy::RedisAtomic).await? {
-            return Ok(Rmw::Duplicate);
-        }
-        Ok(Rmw::Done { movement, after })
-    }
-
-    async fn release_atomic(
-        &self,
-        sku: &str,
-        deduction: &Movement,
-    ) -> Result<Movement, StockError> {
-        let mut tx = self.pool.begin().await?;
-        let mut after = Vec::new();
-        for p in &deduction.parts {
-            let value = store::add_to_segment(&mut tx, sku, p.segment, p.qty)
-                .await?
-                .ok_or(StockError::Conflict)?;
-            after.push((p.segment, value));
-        }
-        let movement = Movement {
-            strategy: Strategy::RedisAtomic.as_str().to_owned(),
-            ..deduction.clone()
-        };
-        if !commit_movement(tx, MovementKind::Release, &movement, Strategy::RedisAtomic).await? {
-            let mut conn = self.pool.acquire().await?;
-            return store::movement(&mut conn, &deduction.order_id, MovementKind::Release)
-                .await?
-                .ok_or(StockError::Conflict);
-        }
-        let parts: Vec<(i32, i64)> = deduction.parts.iter().map(|p| (p.segment, p.qty)).collect();
-        self.cache.give_back(sku, &parts).await?;
-        self.cache.set_availability(sku, &after).await;
-        self.metrics.segment_levels(sku, &after);
-        Ok(movement)
     }
 }
 
 /// Insert the movement and commit. `false` (rolled back) when a concurrent request for the
 /// same order and kind won: the caller replays that one.
-async fn commit_movement(
+pub(crate) async fn commit_movement(
     mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
     kind: MovementKind,
     movement: &Movement,

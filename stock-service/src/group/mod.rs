@@ -11,9 +11,8 @@
 //! changes nothing: the transaction is rolled back, every request gets the error.
 //!
 //! `redis-atomic` has no lock; its group is the database write of units Redis handed out
-//! (`group/atomic.rs`).
+//! (`strategy/redis_atomic/group.rs`).
 
-mod atomic;
 pub mod plan;
 
 use std::sync::Arc;
@@ -36,8 +35,8 @@ pub type Groups = Combiner<GroupKey, Want>;
 /// One queued deduction and where its answer goes.
 #[derive(Debug)]
 pub struct Want {
-    order_id: String,
-    qty: i64,
+    pub(crate) order_id: String,
+    pub(crate) qty: i64,
     span: Span,
     reply: oneshot::Sender<Result<Rmw, StockError>>,
 }
@@ -45,11 +44,11 @@ pub struct Want {
 /// Where a group applies: the segment as read in its transaction, the item's generation, and
 /// the token to write with.
 #[derive(Debug, Clone, Copy)]
-struct At<'a> {
-    sku: &'a str,
-    row: SegmentRow,
-    generation: i64,
-    token: Option<i64>,
+pub(crate) struct At<'a> {
+    pub(crate) sku: &'a str,
+    pub(crate) row: SegmentRow,
+    pub(crate) generation: i64,
+    pub(crate) token: Option<i64>,
 }
 
 /// What a group's critical section came to.
@@ -219,7 +218,7 @@ impl Stock {
     /// Decide who gets units and insert their ledger rows: rounds of fit, insert, and (when an
     /// order turned out to be recorded already) give its units to the next that fits. The plan,
     /// and each request's recorded movement by position.
-    async fn record_group(
+    pub(crate) async fn record_group(
         &self,
         tx: &mut sqlx::PgConnection,
         at: &At<'_>,
@@ -257,7 +256,7 @@ impl Stock {
 
     /// A group changed a segment to `after`: the availability cache and gauge learn it once for
     /// the group, not once per request (the requests' own `after` stays empty).
-    async fn written(&self, sku: &str, after: &[(i32, i64)]) {
+    pub(crate) async fn written(&self, sku: &str, after: &[(i32, i64)]) {
         self.cache.set_availability(sku, after).await;
         self.metrics.segment_levels(sku, after);
     }
@@ -281,7 +280,11 @@ impl Stock {
 /// Each request's outcome: done with its recorded movement, a replay when its order was
 /// recorded already (or by its first occurrence), or short of units (the segment as it is now,
 /// `after`).
-fn answers(plan: &GroupPlan, recorded: Vec<Option<Movement>>, after: &[(i32, i64)]) -> Vec<Rmw> {
+pub(crate) fn answers(
+    plan: &GroupPlan,
+    recorded: Vec<Option<Movement>>,
+    after: &[(i32, i64)],
+) -> Vec<Rmw> {
     plan.verdicts()
         .into_iter()
         .zip(recorded)
@@ -297,7 +300,7 @@ fn answers(plan: &GroupPlan, recorded: Vec<Option<Movement>>, after: &[(i32, i64
 }
 
 /// The group's failure, given to each of its `n` requests.
-fn failed(err: StockError, n: usize) -> Vec<Result<Rmw, StockError>> {
+pub(crate) fn failed(err: StockError, n: usize) -> Vec<Result<Rmw, StockError>> {
     let shared = Arc::new(err);
     (0..n)
         .map(|_| Err(StockError::Shared(Arc::clone(&shared))))

@@ -7,13 +7,13 @@
 
 use tracing::Instrument as _;
 
-use super::{At, Want, answers, failed};
 use crate::engine::{Rmw, Stock, StockError, db_span};
+use crate::group::{At, Want, answers, failed};
 use crate::store::{self, SegmentRow};
 
 impl Stock {
     /// The group's writes; one outcome per request.
-    pub(super) async fn write_group(
+    pub(crate) async fn write_group(
         &self,
         sku: &str,
         segment: i32,

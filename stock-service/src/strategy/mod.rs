@@ -1,4 +1,7 @@
-//! The deduction strategies the literature compares, selectable per instance.
+//! The deduction strategies the literature compares, selectable per instance, and the
+//! strategy-specific parts of the engine (`redis_atomic`).
+
+pub mod redis_atomic;
 
 use std::fmt;
 use std::str::FromStr;
