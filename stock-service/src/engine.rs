@@ -1,5 +1,6 @@
 //! Deductions and releases: pick segments, take the strategy's lock, run the read-modify-write
-//! with the strategy's write guard, record the movement, all in one transaction.
+//! with the strategy's write guard, record the movement, all in one transaction. The locks are
+//! in `locking.rs`, group deduction in `group/`, redis-atomic in `strategy/redis_atomic/`.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -7,16 +8,16 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use rand::Rng;
-use rlock::{Lease, LockClient, LockError, LockGuard, MultiGuard, RedGuard, RedLock};
+use rlock::{LockClient, LockError, RedLock};
 use serde::Serialize;
 use sqlx::PgPool;
-use tracing::field::Empty;
 use tracing::{Instrument as _, Span};
 
 use crate::cache::StockCache;
 use crate::config::StockConfig;
 use crate::group::Groups;
-use crate::metrics::{OversoldWatch, StockMetrics, lock_labels};
+use crate::locking::Tokens;
+use crate::metrics::{OversoldWatch, StockMetrics};
 use crate::shape::ShapeCache;
 use crate::store::{self, ItemStock, Movement, MovementKind, Part, SegmentRow, WriteGuard};
 use crate::strategy::Strategy;
@@ -163,70 +164,10 @@ impl Refusal for Rmw {
     }
 }
 
-/// The fencing token each segment is written with (none for unlocked strategies).
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Tokens(Vec<(i32, i64)>);
-
-impl Tokens {
-    /// The token to write `segment` with.
-    pub(crate) fn of(&self, segment: i32) -> Option<i64> {
-        self.0.iter().find(|(s, _)| *s == segment).map(|(_, t)| *t)
-    }
-}
-
 /// The change a read-modify-write makes.
 enum Op {
     Deduct(i64),
     Release(Vec<Part>),
-}
-
-/// What is held while the read-modify-write runs.
-enum Held {
-    Nothing,
-    One(LockGuard),
-    Many(MultiGuard),
-    Red(Vec<RedGuard>),
-}
-
-impl Held {
-    fn token(&self, lock_name: &str) -> Option<i64> {
-        let t = match self {
-            Held::Nothing => None,
-            Held::One(g) => Some(g.token()),
-            Held::Many(m) => m.token(lock_name),
-            Held::Red(gs) => gs
-                .iter()
-                .find(|g| g.name() == lock_name)
-                .map(RedGuard::token),
-        };
-        t.and_then(|t| i64::try_from(t).ok())
-    }
-
-    fn still_valid(&self) -> bool {
-        match self {
-            Held::Nothing => true,
-            Held::One(g) => !g.is_lost(),
-            Held::Many(m) => !m.is_lost(),
-            Held::Red(gs) => gs.iter().all(RedGuard::is_valid),
-        }
-    }
-
-    async fn release(self) {
-        let result = match self {
-            Held::Nothing => Ok(()),
-            Held::One(g) => g.release().await,
-            Held::Many(m) => m.release().await,
-            Held::Red(gs) => {
-                for g in gs {
-                    g.release().await;
-                }
-                Ok(())
-            }
-        };
-        if let Err(err) = result {
-            tracing::debug!(error = %err, "lock release after the critical section failed");
-        }
-    }
 }
 
 /// The stock engine of one service instance.
@@ -311,18 +252,6 @@ fn valid_id(s: &str, max: usize, extra: &[u8]) -> bool {
 impl Stock {
     pub(crate) fn strategy(&self) -> Strategy {
         self.config.strategy
-    }
-
-    fn lease(&self) -> Lease {
-        self.config.lock_lease.map_or(Lease::Watchdog, Lease::Fixed)
-    }
-
-    fn segment_lock(&self, sku: &str, segment: i32) -> String {
-        format!("{}:{sku}:{segment}", self.config.key_prefix)
-    }
-
-    fn item_lock(&self, sku: &str) -> String {
-        format!("{}:{sku}", self.config.key_prefix)
     }
 
     /// Create or reset an item with `total` units over `segments` segments.
@@ -807,185 +736,6 @@ impl Stock {
         }
     }
 
-    /// Run `section` while `held` is held (a `lock.hold` span and observation when it is a
-    /// lock), then release it. The outcome, and whether the lock was still valid at the end.
-    async fn hold<T>(
-        &self,
-        held: Held,
-        segments: &[i32],
-        section: impl Future<Output = T>,
-    ) -> (T, bool) {
-        let locked = !matches!(held, Held::Nothing);
-        let hold_span = if locked {
-            tracing::info_span!(
-                "lock.hold",
-                strategy = self.strategy().as_str(),
-                segment = self.lock_labels(segments).join(","),
-            )
-        } else {
-            Span::none()
-        };
-        let held_since = tokio::time::Instant::now();
-        let (outcome, valid) = async {
-            let outcome = section.await;
-            let valid = held.still_valid();
-            held.release().await;
-            (outcome, valid)
-        }
-        .instrument(hold_span)
-        .await;
-        if locked {
-            self.held_since(held_since, segments);
-        }
-        (outcome, valid)
-    }
-
-    /// The token each of `segments` is written with under `held`.
-    fn tokens(&self, sku: &str, segments: &[i32], held: &Held) -> Tokens {
-        if matches!(held, Held::Nothing) {
-            return Tokens::default();
-        }
-        let item_lock = self.item_lock(sku);
-        Tokens(
-            segments
-                .iter()
-                .filter_map(|&segment| {
-                    let token = match self.strategy() {
-                        Strategy::RedisLock => held.token(&item_lock),
-                        _ => held.token(&self.segment_lock(sku, segment)),
-                    };
-                    token.map(|t| (segment, t))
-                })
-                .collect(),
-        )
-    }
-
-    /// Raise the fencing counters of the locks covering `segments` above every fence the
-    /// item's rows carry.
-    async fn reseed_fences(&self, sku: &str, segments: &[i32]) -> Result<(), StockError> {
-        let mut conn = self.pool.acquire().await?;
-        let floor = u64::try_from(store::max_fence(&mut conn, sku, None).await?).unwrap_or(0);
-        drop(conn);
-        let names: Vec<String> = match self.strategy() {
-            Strategy::RedisLock => vec![self.item_lock(sku)],
-            _ => segments
-                .iter()
-                .map(|&s| self.segment_lock(sku, s))
-                .collect(),
-        };
-        for name in &names {
-            match &self.redlock {
-                Some(rl) if self.strategy() == Strategy::Redlock => {
-                    rl.raise_fence(name, floor).await?;
-                }
-                _ => {
-                    self.locks.raise_fence(name, floor).await?;
-                }
-            }
-        }
-        self.metrics.fence_reseeded();
-        tracing::warn!(%sku, floor, "fencing counters were behind the database (Redis lost data?); re-seeded");
-        Ok(())
-    }
-
-    /// The `segment` labels of the strategy's lock(s) over `segments`.
-    fn lock_labels(&self, segments: &[i32]) -> Vec<String> {
-        lock_labels(self.strategy() == Strategy::RedisLock, segments)
-    }
-
-    /// The strategy's locks for `segments`, waited for in a `lock.wait` span and recorded in
-    /// `stock.lock.wait.duration`.
-    async fn lock(&self, sku: &str, segments: &[i32]) -> Result<Held, StockError> {
-        let strategy = self.strategy();
-        if matches!(
-            strategy,
-            Strategy::Naive
-                | Strategy::DbPessimistic
-                | Strategy::DbOptimistic
-                | Strategy::RedisAtomic
-        ) {
-            return Ok(Held::Nothing);
-        }
-        let labels = self.lock_labels(segments);
-        let span = tracing::info_span!(
-            "lock.wait",
-            strategy = strategy.as_str(),
-            segment = labels.join(","),
-            acquired = Empty,
-        );
-        let started = tokio::time::Instant::now();
-        let result = self
-            .acquire(sku, segments, started)
-            .instrument(span.clone())
-            .await;
-        if let Ok(held) = &result {
-            span.record("acquired", held.is_some());
-            self.metrics
-                .lock_wait(strategy, &labels, started.elapsed(), held.is_some());
-        }
-        result?.ok_or(StockError::LockTimeout)
-    }
-
-    /// Take the strategy's locks; `None` when the wait ran out.
-    async fn acquire(
-        &self,
-        sku: &str,
-        segments: &[i32],
-        started: tokio::time::Instant,
-    ) -> Result<Option<Held>, StockError> {
-        let wait = self.config.lock_wait;
-        let held = match self.strategy() {
-            Strategy::Naive
-            | Strategy::DbPessimistic
-            | Strategy::DbOptimistic
-            | Strategy::RedisAtomic => Some(Held::Nothing),
-            Strategy::RedisLock => {
-                let lock = self.locks.lock(&self.item_lock(sku))?;
-                lock.try_acquire(wait, self.lease()).await?.map(Held::One)
-            }
-            Strategy::Segmented => {
-                if let [segment] = segments {
-                    let lock = self.locks.lock(&self.segment_lock(sku, *segment))?;
-                    lock.try_acquire(wait, self.lease()).await?.map(Held::One)
-                } else {
-                    let names: Vec<String> = segments
-                        .iter()
-                        .map(|&s| self.segment_lock(sku, s))
-                        .collect();
-                    let multi = self.locks.multi_lock(&names)?;
-                    multi.try_acquire(wait, self.lease()).await?.map(Held::Many)
-                }
-            }
-            Strategy::Redlock => {
-                let Some(rl) = &self.redlock else {
-                    return Err(StockError::Invalid(
-                        "redlock strategy without REDLOCK_URLS".into(),
-                    ));
-                };
-                let lease = self.config.lock_lease.unwrap_or(Duration::from_secs(5));
-                let mut names: Vec<String> = segments
-                    .iter()
-                    .map(|&s| self.segment_lock(sku, s))
-                    .collect();
-                names.sort();
-                let mut guards = Vec::with_capacity(names.len());
-                let deadline = started + wait;
-                for name in &names {
-                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                    match rl.try_acquire(name, left, lease).await? {
-                        Some(g) => guards.push(g),
-                        None => {
-                            Held::Red(guards).release().await;
-                            return Ok(None);
-                        }
-                    }
-                }
-                Some(Held::Red(guards))
-            }
-        };
-        Ok(held)
-    }
-
     /// Read the segments, plan the change, write every touched segment under the strategy's
     /// guard and record the movement, in one transaction.
     async fn rmw(
@@ -1038,16 +788,6 @@ impl Stock {
         self.metrics
             .lock_wait(strategy, &labels, started.elapsed(), true);
         Ok((rows, Some(tokio::time::Instant::now())))
-    }
-
-    /// The strategy's lock(s) over `segments`, taken at `since`, are released now: one
-    /// `stock.lock.hold.duration` observation per segment label.
-    pub(crate) fn held_since(&self, since: tokio::time::Instant, segments: &[i32]) {
-        self.metrics.lock_hold(
-            self.strategy(),
-            &self.lock_labels(segments),
-            since.elapsed(),
-        );
     }
 
     /// How a write of `row` proves it is still entitled to write, under `token`.

@@ -9,6 +9,7 @@ pub mod cache;
 pub mod config;
 pub mod engine;
 pub mod group;
+pub mod locking;
 pub mod metrics;
 pub mod shape;
 pub mod store;

@@ -20,7 +20,8 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 use tracing::{Instrument as _, Span};
 
-use crate::engine::{Refusal, Rmw, Stock, StockError, Tokens};
+use crate::engine::{Refusal, Rmw, Stock, StockError};
+use crate::locking::Tokens;
 use crate::store::{self, Movement, MovementKind, Part, SegmentRow};
 use crate::strategy::Strategy;
 use plan::{GroupPlan, Verdict};

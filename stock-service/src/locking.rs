@@ -1,0 +1,282 @@
+//! The strategy's locks around a critical section: taking them (a `lock.wait` span and
+//! observation, `LOCK_WAIT_MS`), holding them (`lock.hold`), the fencing token each segment is
+//! written with, and raising the fencing counters when Redis lost them.
+
+use std::future::Future;
+use std::time::Duration;
+
+use rlock::{Lease, LockGuard, MultiGuard, RedGuard};
+use tracing::field::Empty;
+use tracing::{Instrument as _, Span};
+
+use crate::engine::{Stock, StockError};
+use crate::metrics::lock_labels;
+use crate::store;
+use crate::strategy::Strategy;
+
+/// The fencing token each segment is written with (none for unlocked strategies).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Tokens(Vec<(i32, i64)>);
+
+impl Tokens {
+    /// The token to write `segment` with.
+    pub(crate) fn of(&self, segment: i32) -> Option<i64> {
+        self.0.iter().find(|(s, _)| *s == segment).map(|(_, t)| *t)
+    }
+}
+
+/// What is held while the read-modify-write runs.
+pub(crate) enum Held {
+    Nothing,
+    One(LockGuard),
+    Many(MultiGuard),
+    Red(Vec<RedGuard>),
+}
+
+impl Held {
+    pub(crate) fn token(&self, lock_name: &str) -> Option<i64> {
+        let t = match self {
+            Held::Nothing => None,
+            Held::One(g) => Some(g.token()),
+            Held::Many(m) => m.token(lock_name),
+            Held::Red(gs) => gs
+                .iter()
+                .find(|g| g.name() == lock_name)
+                .map(RedGuard::token),
+        };
+        t.and_then(|t| i64::try_from(t).ok())
+    }
+
+    pub(crate) fn still_valid(&self) -> bool {
+        match self {
+            Held::Nothing => true,
+            Held::One(g) => !g.is_lost(),
+            Held::Many(m) => !m.is_lost(),
+            Held::Red(gs) => gs.iter().all(RedGuard::is_valid),
+        }
+    }
+
+    pub(crate) async fn release(self) {
+        let result = match self {
+            Held::Nothing => Ok(()),
+            Held::One(g) => g.release().await,
+            Held::Many(m) => m.release().await,
+            Held::Red(gs) => {
+                for g in gs {
+                    g.release().await;
+                }
+                Ok(())
+            }
+        };
+        if let Err(err) = result {
+            tracing::debug!(error = %err, "lock release after the critical section failed");
+        }
+    }
+}
+
+impl Stock {
+    pub(crate) fn lease(&self) -> Lease {
+        self.config.lock_lease.map_or(Lease::Watchdog, Lease::Fixed)
+    }
+
+    pub(crate) fn segment_lock(&self, sku: &str, segment: i32) -> String {
+        format!("{}:{sku}:{segment}", self.config.key_prefix)
+    }
+
+    pub(crate) fn item_lock(&self, sku: &str) -> String {
+        format!("{}:{sku}", self.config.key_prefix)
+    }
+
+    /// Run `section` while `held` is held (a `lock.hold` span and observation when it is a
+    /// lock), then release it. The outcome, and whether the lock was still valid at the end.
+    pub(crate) async fn hold<T>(
+        &self,
+        held: Held,
+        segments: &[i32],
+        section: impl Future<Output = T>,
+    ) -> (T, bool) {
+        let locked = !matches!(held, Held::Nothing);
+        let hold_span = if locked {
+            tracing::info_span!(
+                "lock.hold",
+                strategy = self.strategy().as_str(),
+                segment = self.lock_labels(segments).join(","),
+            )
+        } else {
+            Span::none()
+        };
+        let held_since = tokio::time::Instant::now();
+        let (outcome, valid) = async {
+            let outcome = section.await;
+            let valid = held.still_valid();
+            held.release().await;
+            (outcome, valid)
+        }
+        .instrument(hold_span)
+        .await;
+        if locked {
+            self.held_since(held_since, segments);
+        }
+        (outcome, valid)
+    }
+
+    /// The token each of `segments` is written with under `held`.
+    pub(crate) fn tokens(&self, sku: &str, segments: &[i32], held: &Held) -> Tokens {
+        if matches!(held, Held::Nothing) {
+            return Tokens::default();
+        }
+        let item_lock = self.item_lock(sku);
+        Tokens(
+            segments
+                .iter()
+                .filter_map(|&segment| {
+                    let token = match self.strategy() {
+                        Strategy::RedisLock => held.token(&item_lock),
+                        _ => held.token(&self.segment_lock(sku, segment)),
+                    };
+                    token.map(|t| (segment, t))
+                })
+                .collect(),
+        )
+    }
+
+    /// Raise the fencing counters of the locks covering `segments` above every fence the
+    /// item's rows carry.
+    pub(crate) async fn reseed_fences(
+        &self,
+        sku: &str,
+        segments: &[i32],
+    ) -> Result<(), StockError> {
+        let mut conn = self.pool.acquire().await?;
+        let floor = u64::try_from(store::max_fence(&mut conn, sku, None).await?).unwrap_or(0);
+        drop(conn);
+        let names: Vec<String> = match self.strategy() {
+            Strategy::RedisLock => vec![self.item_lock(sku)],
+            _ => segments
+                .iter()
+                .map(|&s| self.segment_lock(sku, s))
+                .collect(),
+        };
+        for name in &names {
+            match &self.redlock {
+                Some(rl) if self.strategy() == Strategy::Redlock => {
+                    rl.raise_fence(name, floor).await?;
+                }
+                _ => {
+                    self.locks.raise_fence(name, floor).await?;
+                }
+            }
+        }
+        self.metrics.fence_reseeded();
+        tracing::warn!(%sku, floor, "fencing counters were behind the database (Redis lost data?); re-seeded");
+        Ok(())
+    }
+
+    /// The `segment` labels of the strategy's lock(s) over `segments`.
+    pub(crate) fn lock_labels(&self, segments: &[i32]) -> Vec<String> {
+        lock_labels(self.strategy() == Strategy::RedisLock, segments)
+    }
+
+    /// The strategy's locks for `segments`, waited for in a `lock.wait` span and recorded in
+    /// `stock.lock.wait.duration`.
+    pub(crate) async fn lock(&self, sku: &str, segments: &[i32]) -> Result<Held, StockError> {
+        let strategy = self.strategy();
+        if matches!(
+            strategy,
+            Strategy::Naive
+                | Strategy::DbPessimistic
+                | Strategy::DbOptimistic
+                | Strategy::RedisAtomic
+        ) {
+            return Ok(Held::Nothing);
+        }
+        let labels = self.lock_labels(segments);
+        let span = tracing::info_span!(
+            "lock.wait",
+            strategy = strategy.as_str(),
+            segment = labels.join(","),
+            acquired = Empty,
+        );
+        let started = tokio::time::Instant::now();
+        let result = self
+            .acquire(sku, segments, started)
+            .instrument(span.clone())
+            .await;
+        if let Ok(held) = &result {
+            span.record("acquired", held.is_some());
+            self.metrics
+                .lock_wait(strategy, &labels, started.elapsed(), held.is_some());
+        }
+        result?.ok_or(StockError::LockTimeout)
+    }
+
+    /// Take the strategy's locks; `None` when the wait ran out.
+    pub(crate) async fn acquire(
+        &self,
+        sku: &str,
+        segments: &[i32],
+        started: tokio::time::Instant,
+    ) -> Result<Option<Held>, StockError> {
+        let wait = self.config.lock_wait;
+        let held = match self.strategy() {
+            Strategy::Naive
+            | Strategy::DbPessimistic
+            | Strategy::DbOptimistic
+            | Strategy::RedisAtomic => Some(Held::Nothing),
+            Strategy::RedisLock => {
+                let lock = self.locks.lock(&self.item_lock(sku))?;
+                lock.try_acquire(wait, self.lease()).await?.map(Held::One)
+            }
+            Strategy::Segmented => {
+                if let [segment] = segments {
+                    let lock = self.locks.lock(&self.segment_lock(sku, *segment))?;
+                    lock.try_acquire(wait, self.lease()).await?.map(Held::One)
+                } else {
+                    let names: Vec<String> = segments
+                        .iter()
+                        .map(|&s| self.segment_lock(sku, s))
+                        .collect();
+                    let multi = self.locks.multi_lock(&names)?;
+                    multi.try_acquire(wait, self.lease()).await?.map(Held::Many)
+                }
+            }
+            Strategy::Redlock => {
+                let Some(rl) = &self.redlock else {
+                    return Err(StockError::Invalid(
+                        "redlock strategy without REDLOCK_URLS".into(),
+                    ));
+                };
+                let lease = self.config.lock_lease.unwrap_or(Duration::from_secs(5));
+                let mut names: Vec<String> = segments
+                    .iter()
+                    .map(|&s| self.segment_lock(sku, s))
+                    .collect();
+                names.sort();
+                let mut guards = Vec::with_capacity(names.len());
+                let deadline = started + wait;
+                for name in &names {
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    match rl.try_acquire(name, left, lease).await? {
+                        Some(g) => guards.push(g),
+                        None => {
+                            Held::Red(guards).release().await;
+                            return Ok(None);
+                        }
+                    }
+                }
+                Some(Held::Red(guards))
+            }
+        };
+        Ok(held)
+    }
+
+    /// The strategy's lock(s) over `segments`, taken at `since`, are released now: one
+    /// `stock.lock.hold.duration` observation per segment label.
+    pub(crate) fn held_since(&self, since: tokio::time::Instant, segments: &[i32]) {
+        self.metrics.lock_hold(
+            self.strategy(),
+            &self.lock_labels(segments),
+            since.elapsed(),
+        );
+    }
+}
