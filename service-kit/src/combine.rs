@@ -93,6 +93,16 @@ impl<K: Hash + Eq + Clone, R> Worker<K, R> {
         &self.key
     }
 
+    /// Whether nothing is queued right now (the worker is not finished by asking: a
+    /// request may still arrive before the next [`Worker::next_batch`]). A worker that keeps a
+    /// resource across batches lets go of it when its queue is idle, before that last call.
+    pub fn is_idle(&self) -> bool {
+        self.combiner
+            .queues()
+            .get(&self.key)
+            .is_none_or(VecDeque::is_empty)
+    }
+
     /// Up to `max` queued requests, oldest first. Empty when the queue is idle: the key is then
     /// released (the next push starts a new worker) and this worker is finished.
     pub fn next_batch(&mut self) -> Vec<R> {
@@ -140,7 +150,9 @@ mod tests {
         assert_eq!(worker.next_batch(), vec![1, 2]);
         assert_eq!(worker.next_batch(), vec![3]);
         assert!(c.push("a", 4).is_none(), "still draining");
+        assert!(!worker.is_idle());
         assert_eq!(worker.next_batch(), vec![4]);
+        assert!(worker.is_idle());
         assert!(worker.next_batch().is_empty());
         assert!(
             c.push("a", 5).is_some(),

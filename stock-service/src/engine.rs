@@ -16,7 +16,7 @@ use tracing::{Instrument as _, Span};
 use crate::cache::StockCache;
 use crate::config::StockConfig;
 use crate::group::Groups;
-use crate::locking::Tokens;
+use crate::locking::{Kept, Tokens};
 use crate::metrics::{OversoldWatch, StockMetrics};
 use crate::shape::ShapeCache;
 use crate::store::{self, ItemStock, Movement, MovementKind, Part, SegmentRow, WriteGuard};
@@ -153,6 +153,10 @@ pub(crate) enum Rmw {
 pub(crate) trait Refusal {
     /// The refused row and the token it was written with, if a write was refused.
     fn refused(&self) -> Option<(SegmentRow, Option<i64>)>;
+
+    /// Whether the section wrote a segment under its token (a kept lock's next section may
+    /// then find the row carrying that token: see [`store::WriteGuard::Fence`]).
+    fn wrote(&self) -> bool;
 }
 
 impl Refusal for Rmw {
@@ -161,6 +165,10 @@ impl Refusal for Rmw {
             Rmw::Rejected { row, token } => Some((*row, *token)),
             _ => None,
         }
+    }
+
+    fn wrote(&self) -> bool {
+        matches!(self, Rmw::Done { .. })
     }
 }
 
@@ -349,7 +357,7 @@ impl Stock {
             let at_home = i == 0 && self.combining();
             if cached.get(&segment).is_some_and(|&a| a < qty) {
                 if at_home {
-                    self.move_home(home);
+                    self.move_home(home, segments);
                 }
                 continue;
             }
@@ -360,7 +368,7 @@ impl Stock {
                 Rmw::Done { movement, after } => return Ok(self.done(sku, movement, &after).await),
                 Rmw::Insufficient(seen) => {
                     if at_home {
-                        self.move_home(home);
+                        self.move_home(home, segments);
                     }
                     self.cache.set_availability(sku, &seen).await;
                 }
@@ -430,15 +438,31 @@ impl Stock {
         (0..n).map(move |i| (start + i) % n)
     }
 
-    /// The home segment (as read: `seen`) had too little: move the instance's home on by one,
-    /// once, however many requests found it so at the same time.
-    fn move_home(&self, seen: u32) {
-        let _ = self.home.compare_exchange(
-            seen,
-            seen.wrapping_add(1),
-            Ordering::Relaxed,
-            Ordering::Relaxed,
-        );
+    /// The home segment (as read: `seen`) had too little, or another instance holds its lock:
+    /// move this instance's home, once however many requests found it so at the same time, to
+    /// a random other segment of the `segments`. Random, not the next one: two instances whose
+    /// homes met would otherwise walk on together, segment after segment, contending for each.
+    pub(crate) fn move_home(&self, seen: u32, segments: i32) {
+        let n = segments.max(1).unsigned_abs();
+        if n < 2 {
+            return;
+        }
+        let next = (seen % n + rand::rng().random_range(1..n)) % n;
+        let _ = self
+            .home
+            .compare_exchange(seen, next, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// The instance's home is `segment` of `sku` and its lock was busy: another instance works
+    /// there; move on (see [`Stock::move_home`]).
+    pub(crate) fn leave_contended_home(&self, sku: &str, segment: i32) {
+        let Some(segments) = self.shapes.segments(sku) else {
+            return;
+        };
+        let home = self.home.load(Ordering::Relaxed);
+        if self.visit_order(segments, home).next() == Some(segment) {
+            self.move_home(home, segments);
+        }
     }
 
     /// Where redis-atomic's take starts: the first segment of [`Stock::visit_order`].
@@ -678,10 +702,7 @@ impl Stock {
     }
 
     /// Take the strategy's lock(s), run the critical `section` with the tokens it must write
-    /// with, handle a refused write: the optimistic strategy retries; a fenced strategy whose
-    /// lock is still valid but whose token is below the row's fence (Redis lost its counter)
-    /// re-seeds the counter above the database's fences and retries once; any other fenced
-    /// refusal is a lost lock.
+    /// with, handle a refused write, release the lock(s). See [`Stock::attempt_keeping`].
     pub(crate) async fn attempt<R, F, Fut>(
         &self,
         sku: &str,
@@ -694,21 +715,61 @@ impl Stock {
         F: Fn(Tokens) -> Fut,
         Fut: Future<Output = Result<R, StockError>>,
     {
+        let mut kept = None;
+        let outcome = self
+            .attempt_keeping(sku, segments, operation, &mut kept, section)
+            .await;
+        self.let_go(kept, segments).await;
+        outcome
+    }
+
+    /// [`Stock::attempt`] for a group worker that keeps its lock across the groups it drains:
+    /// a valid lock in `kept` (taken recently enough) is used instead of taking it again, and
+    /// the lock the section ran under is left in `kept` when it succeeded. On a refusal or an
+    /// error the lock is released.
+    ///
+    /// A refused write: the optimistic strategy retries; a fenced strategy whose lock is
+    /// still valid but whose token is below the row's fence (Redis lost its counter) re-seeds
+    /// the counter above the database's fences and retries once; any other fenced refusal is
+    /// a lost lock.
+    pub(crate) async fn attempt_keeping<R, F, Fut>(
+        &self,
+        sku: &str,
+        segments: &[i32],
+        operation: &'static str,
+        kept: &mut Option<Kept>,
+        section: F,
+    ) -> Result<R, StockError>
+    where
+        R: Refusal,
+        F: Fn(Tokens) -> Fut,
+        Fut: Future<Output = Result<R, StockError>>,
+    {
         let mut conflicts = 0;
         let mut reseeded = false;
         loop {
-            let held = self.lock(sku, segments).await?;
-            let tokens = self.tokens(sku, segments, &held);
-            let (outcome, valid) = self
-                .hold(held, segments, async {
-                    // Created inside `lock.hold`, so the transaction is its child.
-                    section(tokens).instrument(db_span(operation, sku)).await
-                })
+            let mut tenure = self.tenure(sku, segments, kept.take()).await?;
+            let tokens = self.tokens(sku, segments, &tenure);
+            let outcome = self
+                .hold(
+                    segments,
+                    section(tokens).instrument(db_span(operation, sku)),
+                )
                 .await;
-            let outcome = outcome?;
+            let valid = tenure.still_valid();
+            let outcome = match outcome {
+                Ok(outcome) => outcome,
+                Err(err) => {
+                    self.let_go(Some(tenure), segments).await;
+                    return Err(err);
+                }
+            };
             let Some((row, token)) = outcome.refused() else {
+                tenure.wrote |= outcome.wrote();
+                *kept = Some(tenure);
                 return Ok(outcome);
             };
+            self.let_go(Some(tenure), segments).await;
             match self.strategy() {
                 Strategy::DbOptimistic => {
                     conflicts += 1;
@@ -785,8 +846,13 @@ impl Stock {
         let rows = store::read_segments(tx, sku, segments, true)
             .instrument(span)
             .await?;
-        self.metrics
-            .lock_wait(strategy, &labels, started.elapsed(), true);
+        let waited = started.elapsed();
+        self.metrics.lock_wait(strategy, &labels, waited, true);
+        if let [segment] = segments
+            && waited >= crate::locking::CONTENDED
+        {
+            self.leave_contended_home(sku, *segment);
+        }
         Ok((rows, Some(tokio::time::Instant::now())))
     }
 
@@ -795,12 +861,15 @@ impl Stock {
         &self,
         row: &SegmentRow,
         token: Option<i64>,
+        continuing: bool,
     ) -> Result<WriteGuard, StockError> {
         match (self.strategy(), token) {
             (Strategy::DbOptimistic, _) => Ok(WriteGuard::Version(row.version)),
             (s, Some(token)) if s.is_fenced() => Ok(WriteGuard::Fence {
                 seen: row.last_fence,
+                version: row.version,
                 token,
+                continuing,
             }),
             (s, None) if s.is_fenced() => Err(StockError::FenceRejected),
             _ => Ok(WriteGuard::None),
@@ -842,7 +911,7 @@ impl Stock {
                 return Err(StockError::Conflict);
             };
             let token = tokens.of(row.segment);
-            let guard = self.write_guard(row, token)?;
+            let guard = self.write_guard(row, token, tokens.continuing())?;
             let value = row.available + sign * part.qty;
             if !store::write_segment(&mut tx, sku, row.segment, value, guard).await? {
                 tx.rollback().await?;

@@ -6,22 +6,59 @@ use std::future::Future;
 use std::time::Duration;
 
 use rlock::{Lease, LockGuard, MultiGuard, RedGuard};
+use tracing::Instrument as _;
 use tracing::field::Empty;
-use tracing::{Instrument as _, Span};
 
 use crate::engine::{Stock, StockError};
 use crate::metrics::lock_labels;
 use crate::store;
 use crate::strategy::Strategy;
 
-/// The fencing token each segment is written with (none for unlocked strategies).
+/// A lock wait this long means another holder had the lock (an uncontended acquisition is one
+/// script call): the instance's combined deductions move their home elsewhere.
+pub(crate) const CONTENDED: Duration = Duration::from_millis(2);
+
+/// The fencing token each segment is written with (none for unlocked strategies), and whether
+/// the tenure they belong to has written already.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Tokens(Vec<(i32, i64)>);
+pub(crate) struct Tokens {
+    of: Vec<(i32, i64)>,
+    continuing: bool,
+}
 
 impl Tokens {
     /// The token to write `segment` with.
     pub(crate) fn of(&self, segment: i32) -> Option<i64> {
-        self.0.iter().find(|(s, _)| *s == segment).map(|(_, t)| *t)
+        self.of.iter().find(|(s, _)| *s == segment).map(|(_, t)| *t)
+    }
+
+    /// Whether an earlier section of the same lock tenure wrote with these tokens, so a row
+    /// may already carry them as its fence.
+    pub(crate) fn continuing(&self) -> bool {
+        self.continuing
+    }
+}
+
+/// A lock tenure: what is held, since when, and whether a section wrote under it yet. A group
+/// worker keeps it across the groups it drains back to back (no release and acquisition per
+/// group), for at most [`KEEP_FOR`]: then it lets go, so that a waiting instance gets its turn.
+pub(crate) struct Kept {
+    held: Held,
+    since: tokio::time::Instant,
+    pub(crate) wrote: bool,
+}
+
+/// How long a group worker keeps a lock while its queue stays busy.
+const KEEP_FOR: Duration = Duration::from_millis(10);
+
+impl Kept {
+    /// Whether the lock is still held (its lease has not run out, no renewal found it lost).
+    pub(crate) fn still_valid(&self) -> bool {
+        self.held.still_valid()
+    }
+
+    fn reusable(&self) -> bool {
+        self.since.elapsed() < KEEP_FOR && self.still_valid()
     }
 }
 
@@ -87,57 +124,75 @@ impl Stock {
         format!("{}:{sku}", self.config.key_prefix)
     }
 
-    /// Run `section` while `held` is held (a `lock.hold` span and observation when it is a
-    /// lock), then release it. The outcome, and whether the lock was still valid at the end.
-    pub(crate) async fn hold<T>(
+    /// The tenure a section runs under: `kept` when it is still valid and young enough, else
+    /// (after letting `kept` go) the strategy's lock(s) taken afresh.
+    pub(crate) async fn tenure(
         &self,
-        held: Held,
+        sku: &str,
         segments: &[i32],
-        section: impl Future<Output = T>,
-    ) -> (T, bool) {
-        let locked = !matches!(held, Held::Nothing);
-        let hold_span = if locked {
-            tracing::info_span!(
-                "lock.hold",
-                strategy = self.strategy().as_str(),
-                segment = self.lock_labels(segments).join(","),
-            )
-        } else {
-            Span::none()
-        };
-        let held_since = tokio::time::Instant::now();
-        let (outcome, valid) = async {
-            let outcome = section.await;
-            let valid = held.still_valid();
-            held.release().await;
-            (outcome, valid)
+        kept: Option<Kept>,
+    ) -> Result<Kept, StockError> {
+        match kept {
+            Some(k) if k.reusable() => Ok(k),
+            other => {
+                self.let_go(other, segments).await;
+                let held = self.lock(sku, segments).await?;
+                Ok(Kept {
+                    held,
+                    since: tokio::time::Instant::now(),
+                    wrote: false,
+                })
+            }
         }
-        .instrument(hold_span)
-        .await;
-        if locked {
-            self.held_since(held_since, segments);
-        }
-        (outcome, valid)
     }
 
-    /// The token each of `segments` is written with under `held`.
-    pub(crate) fn tokens(&self, sku: &str, segments: &[i32], held: &Held) -> Tokens {
+    /// Release a tenure's lock(s), if any: one `stock.lock.hold.duration` observation for the
+    /// whole tenure.
+    pub(crate) async fn let_go(&self, kept: Option<Kept>, segments: &[i32]) {
+        let Some(Kept { held, since, .. }) = kept else {
+            return;
+        };
+        if matches!(held, Held::Nothing) {
+            return;
+        }
+        held.release().await;
+        self.held_since(since, segments);
+    }
+
+    /// Run `section` in a `lock.hold` span when the strategy takes a lock.
+    pub(crate) async fn hold<T>(&self, segments: &[i32], section: impl Future<Output = T>) -> T {
+        if !self.strategy().takes_lock() {
+            return section.await;
+        }
+        let hold_span = tracing::info_span!(
+            "lock.hold",
+            strategy = self.strategy().as_str(),
+            segment = self.lock_labels(segments).join(","),
+        );
+        section.instrument(hold_span).await
+    }
+
+    /// The token each of `segments` is written with under `kept`.
+    pub(crate) fn tokens(&self, sku: &str, segments: &[i32], kept: &Kept) -> Tokens {
+        let held = &kept.held;
         if matches!(held, Held::Nothing) {
             return Tokens::default();
         }
         let item_lock = self.item_lock(sku);
-        Tokens(
-            segments
-                .iter()
-                .filter_map(|&segment| {
-                    let token = match self.strategy() {
-                        Strategy::RedisLock => held.token(&item_lock),
-                        _ => held.token(&self.segment_lock(sku, segment)),
-                    };
-                    token.map(|t| (segment, t))
-                })
-                .collect(),
-        )
+        let of = segments
+            .iter()
+            .filter_map(|&segment| {
+                let token = match self.strategy() {
+                    Strategy::RedisLock => held.token(&item_lock),
+                    _ => held.token(&self.segment_lock(sku, segment)),
+                };
+                token.map(|t| (segment, t))
+            })
+            .collect();
+        Tokens {
+            of,
+            continuing: kept.wrote,
+        }
     }
 
     /// Raise the fencing counters of the locks covering `segments` above every fence the
@@ -181,13 +236,7 @@ impl Stock {
     /// `stock.lock.wait.duration`.
     pub(crate) async fn lock(&self, sku: &str, segments: &[i32]) -> Result<Held, StockError> {
         let strategy = self.strategy();
-        if matches!(
-            strategy,
-            Strategy::Naive
-                | Strategy::DbPessimistic
-                | Strategy::DbOptimistic
-                | Strategy::RedisAtomic
-        ) {
+        if !strategy.takes_lock() {
             return Ok(Held::Nothing);
         }
         let labels = self.lock_labels(segments);
@@ -203,9 +252,16 @@ impl Stock {
             .instrument(span.clone())
             .await;
         if let Ok(held) = &result {
+            let waited = started.elapsed();
             span.record("acquired", held.is_some());
             self.metrics
-                .lock_wait(strategy, &labels, started.elapsed(), held.is_some());
+                .lock_wait(strategy, &labels, waited, held.is_some());
+            if let [segment] = segments
+                && waited >= CONTENDED
+                && strategy != Strategy::RedisLock
+            {
+                self.leave_contended_home(sku, *segment);
+            }
         }
         result?.ok_or(StockError::LockTimeout)
     }

@@ -273,12 +273,20 @@ pub enum WriteGuard {
     None,
     /// The version read must still be there (optimistic).
     Version(i64),
-    /// Fenced: the row must still carry the fence read, and `token` must be larger.
+    /// Fenced: the row must still carry the fence read, and `token` must be larger — or, for a
+    /// lock tenure that wrote already (`continuing`: a group worker keeping its lock across
+    /// groups), equal to it with the row unchanged since it was read (`version`). A holder's
+    /// first write therefore still needs a token above every fence the row has seen, so a
+    /// holder whose lock expired can never write after a newer one did.
     Fence {
         /// `last_fence` as read.
         seen: i64,
+        /// `version` as read.
+        version: i64,
         /// This holder's token.
         token: i64,
+        /// Whether this tenure wrote with `token` before.
+        continuing: bool,
     },
 }
 
@@ -315,15 +323,23 @@ pub async fn write_segment(
                 .execute(conn)
                 .await?
             }
-            WriteGuard::Fence { seen, token } => sqlx::query(
+            WriteGuard::Fence {
+                seen,
+                version,
+                token,
+                continuing,
+            } => sqlx::query(
                 "UPDATE stock_segments SET available = $3, last_fence = $5, version = version + 1
-                 WHERE sku = $1 AND segment = $2 AND last_fence = $4 AND last_fence < $5",
+                 WHERE sku = $1 AND segment = $2 AND last_fence = $4
+                   AND (last_fence < $5 OR ($7 AND last_fence = $5 AND version = $6))",
             )
             .bind(sku)
             .bind(segment)
             .bind(available)
             .bind(seen)
             .bind(token)
+            .bind(version)
+            .bind(continuing)
             .execute(conn)
             .await?,
         };

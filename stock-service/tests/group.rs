@@ -340,3 +340,77 @@ async fn a_redis_atomic_group_the_database_refuses_falls_back_to_each_alone() {
     assert_eq!(report["ok"], true, "{report}");
     assert_eq!(available(&db().await, &sku).await, 0);
 }
+
+/// The fenced write a group worker makes with the lock it kept from its previous group: the
+/// same token again is accepted only for a tenure that wrote already and only when the row is
+/// as it was read; a first write still needs a token above the row's fence, so a holder whose
+/// lock expired can never write after a newer holder did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_lock_writes_again_with_its_token_and_a_stale_one_never_does() {
+    use stock_service::store::{self, WriteGuard};
+    let a = instance(&[]).await;
+    let c = http();
+    let sku = sku();
+    put_stock(&c, &a, &sku, 10, 1).await;
+    let pool = db().await;
+    let mut conn = pool.acquire().await.expect("connection");
+    let fence = |r: store::SegmentRow, token, continuing| WriteGuard::Fence {
+        seen: r.last_fence,
+        version: r.version,
+        token,
+        continuing,
+    };
+    let start = segment_row(&mut conn, &sku).await;
+    let t = start.last_fence + 5;
+
+    // A first write with the tenure's token: accepted, the row now carries it.
+    assert!(
+        store::write_segment(&mut conn, &sku, 0, 9, fence(start, t, false))
+            .await
+            .expect("write")
+    );
+    let after_first = segment_row(&mut conn, &sku).await;
+    assert_eq!(after_first.last_fence, t);
+    // The same token as a first write (another holder issued the same number): refused.
+    assert!(
+        !store::write_segment(&mut conn, &sku, 0, 8, fence(after_first, t, false))
+            .await
+            .expect("write")
+    );
+    // The tenure writing again, row unchanged since read: accepted.
+    assert!(
+        store::write_segment(&mut conn, &sku, 0, 8, fence(after_first, t, true))
+            .await
+            .expect("write")
+    );
+    // Writing again from a stale read (someone wrote in between): refused.
+    assert!(
+        !store::write_segment(&mut conn, &sku, 0, 7, fence(after_first, t, true))
+            .await
+            .expect("write")
+    );
+    // A newer holder writes; the kept tenure's token is now stale, continuing or not.
+    let now = segment_row(&mut conn, &sku).await;
+    assert!(
+        store::write_segment(&mut conn, &sku, 0, 7, fence(now, t + 1, false))
+            .await
+            .expect("write")
+    );
+    let newest = segment_row(&mut conn, &sku).await;
+    for continuing in [false, true] {
+        assert!(
+            !store::write_segment(&mut conn, &sku, 0, 1, fence(newest, t, continuing))
+                .await
+                .expect("write"),
+            "stale token, continuing {continuing}"
+        );
+    }
+    assert_eq!(available(&pool, &sku).await, 7);
+}
+
+/// Segment 0 of `sku`, read directly.
+async fn segment_row(conn: &mut sqlx::PgConnection, sku: &str) -> stock_service::store::SegmentRow {
+    stock_service::store::read_segments(conn, sku, &[0], false)
+        .await
+        .expect("read")[0]
+}

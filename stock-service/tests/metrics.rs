@@ -214,10 +214,11 @@ async fn lock_operation_and_oversold_metrics_show_up_in_a_scrape() {
             .all(|l| !l.contains("acquired=")),
         "hold has no acquired label"
     );
-    // One lock wait per critical section: a group of combined single-segment deductions
-    // takes its segment's lock once; the multi-segment deduction and its release observe
-    // one per segment. The 40 sales went through groups, and under 16 in flight on 4
-    // segments with a 2 ms critical section some groups held more than one deduction.
+    // One lock wait per acquisition: a group of combined single-segment deductions takes
+    // its segment's lock at most once (a worker whose queue stays busy keeps it for the next
+    // group); the multi-segment deduction and its release observe one per segment. The 40
+    // sales went through groups, and under 16 in flight on 4 segments with a 2 ms critical
+    // section some groups held more than one deduction.
     let total = |metric: &str| -> f64 {
         samples(&text, metric, &[("strategy", "segmented")])
             .iter()
@@ -236,7 +237,7 @@ async fn lock_operation_and_oversold_metrics_show_up_in_a_scrape() {
         "groups larger than one were formed: {grouped} deductions in {groups} groups"
     );
     assert!(
-        seg_waits >= groups + 6.0,
+        seg_waits > 6.0 && seg_waits <= groups + 6.0,
         "{seg_waits} waits, {groups} groups"
     );
 

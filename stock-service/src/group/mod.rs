@@ -21,7 +21,7 @@ use tokio::sync::oneshot;
 use tracing::{Instrument as _, Span};
 
 use crate::engine::{Refusal, Rmw, Stock, StockError};
-use crate::locking::Tokens;
+use crate::locking::{Kept, Tokens};
 use crate::store::{self, Movement, MovementKind, Part, SegmentRow};
 use crate::strategy::Strategy;
 use plan::{GroupPlan, Verdict};
@@ -50,6 +50,8 @@ pub(crate) struct At<'a> {
     pub(crate) row: SegmentRow,
     pub(crate) generation: i64,
     pub(crate) token: Option<i64>,
+    /// Whether the lock tenure wrote with `token` before (see [`crate::locking::Tokens`]).
+    pub(crate) continuing: bool,
 }
 
 /// What a group's critical section came to.
@@ -65,6 +67,13 @@ impl Refusal for GroupRmw {
         match self {
             GroupRmw::Rejected { row, token } => Some((*row, *token)),
             GroupRmw::Done(_) => None,
+        }
+    }
+
+    fn wrote(&self) -> bool {
+        match self {
+            GroupRmw::Done(outcomes) => outcomes.iter().any(Refusal::wrote),
+            GroupRmw::Rejected { .. } => false,
         }
     }
 }
@@ -96,14 +105,21 @@ impl Stock {
         answer.await.unwrap_or(Err(StockError::Conflict))
     }
 
-    /// Apply the queue's groups until it is empty.
+    /// Apply the queue's groups until it is empty. The segment's lock is kept from one group
+    /// to the next while requests keep arriving (see [`Kept`]), and let go as soon as the queue
+    /// is idle, before the worker finishes.
     async fn drain(self, mut worker: Worker<GroupKey, Want>) {
+        let (sku, segment) = worker.key().clone();
+        let mut kept: Option<Kept> = None;
         loop {
+            if worker.is_idle() {
+                self.let_go(kept.take(), &[segment]).await;
+            }
             let wants = worker.next_batch();
             if wants.is_empty() {
+                self.let_go(kept.take(), &[segment]).await;
                 return;
             }
-            let (sku, segment) = worker.key().clone();
             self.metrics.group_size(self.config.strategy, wants.len());
             // The group's lock.wait, lock.hold and db.transaction spans go inside the first
             // request's span (its trace shows the critical section the others shared).
@@ -113,7 +129,7 @@ impl Stock {
                     .instrument(span)
                     .await
             } else {
-                self.deduct_group(&sku, segment, &wants)
+                self.deduct_group(&sku, segment, &wants, &mut kept)
                     .instrument(span)
                     .await
             };
@@ -125,16 +141,18 @@ impl Stock {
         }
     }
 
-    /// The group under the segment's lock; one outcome per request.
+    /// The group under the segment's lock (kept from the previous group, or taken); one
+    /// outcome per request.
     async fn deduct_group(
         &self,
         sku: &str,
         segment: i32,
         wants: &[Want],
+        kept: &mut Option<Kept>,
     ) -> Vec<Result<Rmw, StockError>> {
         let segments = [segment];
         let outcome = self
-            .attempt(sku, &segments, "deduct", move |tokens| {
+            .attempt_keeping(sku, &segments, "deduct", kept, move |tokens| {
                 self.group_rmw(sku, segment, wants, tokens)
             })
             .await;
@@ -167,6 +185,7 @@ impl Stock {
                     row: *row,
                     generation,
                     token: tokens.of(segment),
+                    continuing: tokens.continuing(),
                 };
                 self.apply_group(tx, &at, wants).await
             }
@@ -195,7 +214,11 @@ impl Stock {
         wants: &[Want],
     ) -> Result<GroupRmw, StockError> {
         let At {
-            sku, row, token, ..
+            sku,
+            row,
+            token,
+            continuing,
+            ..
         } = *at;
         self.rmw_pause().await;
         let (plan, recorded) = self.record_group(&mut tx, at, wants).await?;
@@ -205,7 +228,7 @@ impl Stock {
             // Nothing taken: nothing to write.
             tx.rollback().await?;
         } else {
-            let guard = self.write_guard(&row, token)?;
+            let guard = self.write_guard(&row, token, continuing)?;
             if !store::write_segment(&mut tx, sku, row.segment, left, guard).await? {
                 tx.rollback().await?;
                 return Ok(GroupRmw::Rejected { row, token });

@@ -59,6 +59,11 @@ impl Strategy {
         self != Strategy::Naive
     }
 
+    /// Whether deductions take a Redis lock (one or several) around their critical section.
+    pub fn takes_lock(self) -> bool {
+        self.is_fenced()
+    }
+
     /// Whether writes carry a fencing token checked by the database.
     pub fn is_fenced(self) -> bool {
         matches!(

@@ -58,6 +58,7 @@ impl Stock {
             },
             generation,
             token: None,
+            continuing: false,
         };
         let (plan, recorded) = self.record_group(&mut tx, &at, wants).await?;
         let sum = i64::MAX - plan.left();
