@@ -94,6 +94,13 @@ static CORRECT: LazyLock<redis::Script> = LazyLock::new(|| {
     )
 });
 
+/// How long this instance trusts what it saw of a segment's availability itself (see
+/// [`StockCache::seen_availability`]).
+const SEEN_TTL: Duration = Duration::from_secs(1);
+
+/// Segment availability this instance saw, by SKU and segment, with when it saw it.
+type Seen = Arc<Mutex<HashMap<String, HashMap<i32, (i64, Instant)>>>>;
+
 /// Redis state of the stock-service.
 #[derive(Debug, Clone)]
 pub struct StockCache {
@@ -101,6 +108,7 @@ pub struct StockCache {
     prefix: String,
     sold_out_ttl: Duration,
     local: Arc<Mutex<HashMap<String, Instant>>>,
+    seen: Seen,
     _listener: Arc<AbortOnDrop>,
 }
 
@@ -125,12 +133,20 @@ impl StockCache {
         let channel = format!("{prefix}:{EVENTS}");
         let mut pubsub = client.get_async_pubsub().await?;
         pubsub.subscribe(&channel).await?;
-        let listener = tokio::spawn(listen(client, channel, pubsub, Arc::clone(&local)));
+        let seen = Seen::default();
+        let listener = tokio::spawn(listen(
+            client,
+            channel,
+            pubsub,
+            Arc::clone(&local),
+            Arc::clone(&seen),
+        ));
         Ok(StockCache {
             conn,
             prefix: prefix.to_owned(),
             sold_out_ttl,
             local,
+            seen,
             _listener: Arc::new(AbortOnDrop(listener.abort_handle())),
         })
     }
@@ -212,6 +228,7 @@ impl StockCache {
             .query_async(&mut conn)
             .await?;
         self.local().remove(sku);
+        self.seen().remove(sku);
         Ok(())
     }
 
@@ -221,10 +238,41 @@ impl StockCache {
         conn.hgetall(self.keys(sku).avail).await.unwrap_or_default()
     }
 
-    /// Record segments' availability after a committed change (best effort).
+    /// What this instance itself saw of `sku`'s segments within the last second: its own
+    /// writes and reads. No I/O: a combined deduction picks its segment from this, so that a
+    /// request costs Redis nothing on its own. Stale only toward "less than there is" after
+    /// another instance's release (a restock clears it everywhere), which costs a detour
+    /// through the all-segments path, never a wrong answer.
+    pub fn seen_availability(&self, sku: &str) -> HashMap<i32, i64> {
+        self.seen()
+            .get(sku)
+            .map(|segments| {
+                segments
+                    .iter()
+                    .filter(|(_, (_, at))| at.elapsed() < SEEN_TTL)
+                    .map(|(&segment, &(available, _))| (segment, available))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn seen(&self) -> MutexGuard<'_, HashMap<String, HashMap<i32, (i64, Instant)>>> {
+        self.seen.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Record segments' availability after a committed change or a read under the lock
+    /// (best effort): in Redis for every instance, and locally.
     pub async fn set_availability(&self, sku: &str, values: &[(i32, i64)]) {
         if values.is_empty() {
             return;
+        }
+        {
+            let now = Instant::now();
+            let mut seen = self.seen();
+            let segments = seen.entry(sku.to_owned()).or_default();
+            for &(segment, available) in values {
+                segments.insert(segment, (available, now));
+            }
         }
         let mut conn = self.conn.clone();
         let r: redis::RedisResult<()> = conn.hset_multiple(self.keys(sku).avail, values).await;
@@ -342,6 +390,7 @@ async fn listen(
     channel: String,
     mut pubsub: redis::aio::PubSub,
     local: Arc<Mutex<HashMap<String, Instant>>>,
+    seen: Seen,
 ) {
     loop {
         {
@@ -357,12 +406,16 @@ async fn listen(
                     }
                     Some(("restock", sku)) => {
                         flags.remove(sku);
+                        seen.lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .remove(sku);
                     }
                     _ => {}
                 }
             }
         }
         local.lock().unwrap_or_else(PoisonError::into_inner).clear();
+        seen.lock().unwrap_or_else(PoisonError::into_inner).clear();
         let mut backoff = Duration::from_millis(50);
         pubsub = loop {
             tokio::time::sleep(backoff).await;

@@ -351,7 +351,11 @@ impl Stock {
 
         // One segment that covers the quantity, skipping those the cache says cannot cover it.
         let segments = shape.segments;
-        let cached = self.cache.availability(sku).await;
+        let cached = if self.combining() {
+            self.cache.seen_availability(sku)
+        } else {
+            self.cache.availability(sku).await
+        };
         let home = self.home.load(Ordering::Relaxed);
         for (i, segment) in self.visit_order(segments, home).enumerate() {
             let at_home = i == 0 && self.combining();
@@ -829,10 +833,30 @@ impl Stock {
         sku: &str,
         segments: &[i32],
     ) -> Result<(Vec<SegmentRow>, Option<tokio::time::Instant>), StockError> {
+        let locks_rows = self.strategy() == Strategy::DbPessimistic;
+        let (rows, row_locked) = self
+            .reading(
+                sku,
+                segments,
+                store::read_segments(tx, sku, segments, locks_rows),
+            )
+            .await;
+        Ok((rows?, row_locked))
+    }
+
+    /// Run the `read` of `segments` at the start of a critical section. db-pessimistic's read
+    /// locks the rows (`SELECT … FOR UPDATE`): its wait is a `lock.wait` span and a lock-wait
+    /// observation (a long one moves the instance's home), and the second value is when the
+    /// row locks were granted (they are held until the transaction ends).
+    pub(crate) async fn reading<T>(
+        &self,
+        sku: &str,
+        segments: &[i32],
+        read: impl Future<Output = T>,
+    ) -> (T, Option<tokio::time::Instant>) {
         let strategy = self.strategy();
         if strategy != Strategy::DbPessimistic {
-            let rows = store::read_segments(tx, sku, segments, false).await?;
-            return Ok((rows, None));
+            return (read.await, None);
         }
         let labels = self.lock_labels(segments);
         let span = tracing::info_span!(
@@ -843,9 +867,7 @@ impl Stock {
             lock.kind = "row",
         );
         let started = tokio::time::Instant::now();
-        let rows = store::read_segments(tx, sku, segments, true)
-            .instrument(span)
-            .await?;
+        let out = read.instrument(span).await;
         let waited = started.elapsed();
         self.metrics.lock_wait(strategy, &labels, waited, true);
         if let [segment] = segments
@@ -853,7 +875,7 @@ impl Stock {
         {
             self.leave_contended_home(sku, *segment);
         }
-        Ok((rows, Some(tokio::time::Instant::now())))
+        (out, Some(tokio::time::Instant::now()))
     }
 
     /// How a write of `row` proves it is still entitled to write, under `token`.

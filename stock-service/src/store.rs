@@ -191,6 +191,44 @@ pub async fn item(pool: &PgPool, sku: &str) -> sqlx::Result<Option<ItemStock>> {
     }))
 }
 
+/// One segment and its item's generation, read at the start of a group's transaction (one
+/// round trip). `for_update` locks the segment row (db-pessimistic). `None` when the item or
+/// the segment is gone (reset to fewer segments meanwhile).
+pub async fn group_segment(
+    conn: &mut PgConnection,
+    sku: &str,
+    segment: i32,
+    for_update: bool,
+) -> sqlx::Result<Option<(SegmentRow, i64)>> {
+    let sql = if for_update {
+        "SELECT s.segment, s.available, s.last_fence, s.version, i.generation
+         FROM stock_segments s JOIN items i ON i.sku = s.sku
+         WHERE s.sku = $1 AND s.segment = $2 FOR UPDATE OF s"
+    } else {
+        "SELECT s.segment, s.available, s.last_fence, s.version, i.generation
+         FROM stock_segments s JOIN items i ON i.sku = s.sku
+         WHERE s.sku = $1 AND s.segment = $2"
+    };
+    let row: Option<(i32, i64, i64, i64, i64)> = sqlx::query_as(sql)
+        .bind(sku)
+        .bind(segment)
+        .fetch_optional(conn)
+        .await?;
+    Ok(
+        row.map(|(segment, available, last_fence, version, generation)| {
+            (
+                SegmentRow {
+                    segment,
+                    available,
+                    last_fence,
+                    version,
+                },
+                generation,
+            )
+        }),
+    )
+}
+
 /// Generation and segment count of an item.
 pub async fn item_shape(conn: &mut PgConnection, sku: &str) -> sqlx::Result<Option<(i64, i32)>> {
     sqlx::query_as("SELECT generation, segments FROM items WHERE sku = $1")

@@ -175,14 +175,19 @@ impl Stock {
         tokens: Tokens,
     ) -> Result<GroupRmw, StockError> {
         let mut tx = self.pool.begin().await?;
-        let (rows, row_locked) = self.read_for_write(&mut tx, sku, &[segment]).await?;
-        // The generation the ledger rows belong to, read in the same transaction.
-        let generation = store::item_shape(&mut tx, sku).await?.map(|(g, _)| g);
-        let outcome = match (rows.first(), generation) {
-            (Some(row), Some(generation)) => {
+        let locks_rows = self.config.strategy == Strategy::DbPessimistic;
+        let (read, row_locked) = self
+            .reading(
+                sku,
+                &[segment],
+                store::group_segment(&mut tx, sku, segment, locks_rows),
+            )
+            .await;
+        let outcome = match read? {
+            Some((row, generation)) => {
                 let at = At {
                     sku,
-                    row: *row,
+                    row,
                     generation,
                     token: tokens.of(segment),
                     continuing: tokens.continuing(),
@@ -191,7 +196,7 @@ impl Stock {
             }
             // The item was reset to fewer segments (or removed) meanwhile: nothing here for
             // anyone.
-            _ => Ok(GroupRmw::Done(
+            None => Ok(GroupRmw::Done(
                 wants
                     .iter()
                     .map(|_| Rmw::Insufficient(Vec::new()))
