@@ -1,14 +1,13 @@
-//! Deductions and releases: pick segments, take the strategy's lock, run the read-modify-write
-//! with the strategy's write guard, record the movement, all in one transaction. The locks are
-//! in `locking.rs`, group deduction in `group/`, redis-atomic in `strategy/redis_atomic/`.
+//! Deductions and releases: validate, answer from the sold-out flag or the ledger when that
+//! settles it, hand the rest to the strategy's path (`strategy/`, one module per strategy
+//! behind one trait), and, for the lock strategies, pick segments (`home.rs`), run the
+//! read-modify-write under the strategy's guard (`section.rs`, `locking.rs`) and record the
+//! movement, all in one transaction. Group deduction is in `group/`.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
 
-use rand::Rng;
-use rlock::{LockClient, LockError, RedLock};
+use rlock::{LockClient, RedLock};
 use serde::Serialize;
 use sqlx::PgPool;
 use tracing::{Instrument as _, Span};
@@ -16,11 +15,12 @@ use tracing::{Instrument as _, Span};
 use crate::cache::StockCache;
 use crate::config::StockConfig;
 use crate::group::Groups;
-use crate::locking::{Kept, Tokens};
+use crate::locking::Tokens;
 use crate::metrics::{OversoldWatch, StockMetrics};
 use crate::shape::ShapeCache;
-use crate::store::{self, ItemStock, Movement, MovementKind, Part, SegmentRow, WriteGuard};
+use crate::store::{self, ItemStock, Movement, MovementKind, Part, SegmentRow};
 use crate::strategy::Strategy;
+use crate::strategy::concurrency::{Concurrency, Deduction, Released};
 
 /// Largest quantity one deduction may ask for.
 pub const MAX_QTY: i64 = 10_000;
@@ -28,6 +28,8 @@ pub const MAX_QTY: i64 = 10_000;
 pub const MAX_TOTAL: i64 = 1_000_000_000;
 /// Most segments an item may have.
 pub const MAX_SEGMENTS: i32 = 1024;
+
+pub use crate::error::StockError;
 
 /// What a deduction or release did (or, replayed, what it did the first time).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -59,80 +61,6 @@ impl StockChange {
     }
 }
 
-/// Why a stock operation did not happen.
-#[derive(Debug, thiserror::Error)]
-pub enum StockError {
-    /// Bad input; nothing was changed.
-    #[error("{0}")]
-    Invalid(String),
-    /// No such item.
-    #[error("unknown item {0:?}")]
-    NotFound(String),
-    /// Every segment is empty.
-    #[error("item {0:?} is sold out")]
-    SoldOut(String),
-    /// Some stock left, but less than asked for.
-    #[error("only {available} left of item {sku:?}, {requested} requested")]
-    Insufficient {
-        /// The item.
-        sku: String,
-        /// Units left.
-        available: i64,
-        /// Units asked for.
-        requested: i64,
-    },
-    /// A release for an order that has no deduction of this item.
-    #[error("order {order_id:?} has no deduction of item {sku:?}")]
-    NoDeduction {
-        /// The order.
-        order_id: String,
-        /// The item.
-        sku: String,
-    },
-    /// The order id was already used for another item.
-    #[error("order {order_id:?} was used for item {other:?}")]
-    OrderConflict {
-        /// The order.
-        order_id: String,
-        /// The item it was used for.
-        other: String,
-    },
-    /// The item was reset after the order's deduction; its stock cannot go back.
-    #[error("item {0:?} was reset after this order's deduction")]
-    ResetSince(String),
-    /// The lock could not be had within the configured wait.
-    #[error("lock wait timed out")]
-    LockTimeout,
-    /// The database refused a fenced write: this holder's lock was lost.
-    #[error("write refused by the fencing token: the lock was lost")]
-    FenceRejected,
-    /// The optimistic strategy kept losing the race.
-    #[error("too many write conflicts")]
-    Conflict,
-    /// PostgreSQL failed.
-    #[error("database: {0}")]
-    Db(#[from] sqlx::Error),
-    /// The lock failed.
-    #[error("lock: {0}")]
-    Lock(#[from] LockError),
-    /// Redis failed.
-    #[error("redis: {0}")]
-    Redis(#[from] redis::RedisError),
-    /// A failure of a whole group of combined deductions, given to each of its requests.
-    #[error("{0}")]
-    Shared(Arc<StockError>),
-}
-
-impl StockError {
-    /// The error itself, looking through [`StockError::Shared`].
-    pub fn root(&self) -> &StockError {
-        match self {
-            StockError::Shared(inner) => inner.root(),
-            other => other,
-        }
-    }
-}
-
 /// What one locked read-modify-write came to.
 #[derive(Debug)]
 pub(crate) enum Rmw {
@@ -146,30 +74,6 @@ pub(crate) enum Rmw {
     Rejected { row: SegmentRow, token: Option<i64> },
     /// A concurrent request for the same order won.
     Duplicate,
-}
-
-/// A critical section's outcome, as far as [`Stock::attempt`]'s retry policy cares: did the
-/// write guard refuse a write, and of which row under which token.
-pub(crate) trait Refusal {
-    /// The refused row and the token it was written with, if a write was refused.
-    fn refused(&self) -> Option<(SegmentRow, Option<i64>)>;
-
-    /// Whether the section wrote a segment under its token (a kept lock's next section may
-    /// then find the row carrying that token: see [`store::WriteGuard::Fence`]).
-    fn wrote(&self) -> bool;
-}
-
-impl Refusal for Rmw {
-    fn refused(&self) -> Option<(SegmentRow, Option<i64>)> {
-        match self {
-            Rmw::Rejected { row, token } => Some((*row, *token)),
-            _ => None,
-        }
-    }
-
-    fn wrote(&self) -> bool {
-        matches!(self, Rmw::Done { .. })
-    }
 }
 
 /// The change a read-modify-write makes.
@@ -191,6 +95,8 @@ pub struct Stock {
     pub cache: StockCache,
     /// Settings.
     pub config: StockConfig,
+    /// The configured strategy's concurrency control (`strategy/`).
+    pub(crate) concurrency: Arc<dyn Concurrency>,
     /// Instruments.
     pub metrics: StockMetrics,
     /// Items whose oversold gauge needs a fresh look.
@@ -259,7 +165,7 @@ fn valid_id(s: &str, max: usize, extra: &[u8]) -> bool {
 
 impl Stock {
     pub(crate) fn strategy(&self) -> Strategy {
-        self.config.strategy
+        self.concurrency.strategy()
     }
 
     /// Create or reset an item with `total` units over `segments` segments.
@@ -343,14 +249,26 @@ impl Stock {
             Start::Fresh(shape) => shape,
             Start::Recorded(m) => return self.replay(sku, m),
         };
-        if self.strategy() == Strategy::RedisAtomic {
-            return self
-                .deduct_atomic(sku, order_id, qty, shape.generation, shape.segments)
-                .await;
-        }
+        let deduction = Deduction {
+            sku,
+            order_id,
+            qty,
+            segments: shape.segments,
+            generation: shape.generation,
+        };
+        self.concurrency.deduct(self, deduction).await
+    }
 
-        // One segment that covers the quantity, skipping those the cache says cannot cover it.
-        let segments = shape.segments;
+    /// The lock strategies' deduction: one segment that covers the quantity (skipping those
+    /// the cache says cannot cover it), else several under one MultiLock.
+    pub(crate) async fn deduct_locked(&self, d: Deduction<'_>) -> Result<StockChange, StockError> {
+        let Deduction {
+            sku,
+            order_id,
+            qty,
+            segments,
+            generation,
+        } = d;
         let cached = if self.combining() {
             self.cache.seen_availability(sku)
         } else {
@@ -366,7 +284,7 @@ impl Stock {
                 continue;
             }
             match self
-                .deduct_segment(sku, shape.generation, segment, order_id, qty)
+                .deduct_segment(sku, generation, segment, order_id, qty)
                 .await?
             {
                 Rmw::Done { movement, after } => return Ok(self.done(sku, movement, &after).await),
@@ -380,8 +298,7 @@ impl Stock {
                 Rmw::Rejected { .. } => return Err(StockError::Conflict),
             }
         }
-        self.deduct_across(sku, shape.generation, order_id, qty)
-            .await
+        self.deduct_across(sku, generation, order_id, qty).await
     }
 
     /// No single segment covers `qty`: the total decides (several segments under one
@@ -428,57 +345,9 @@ impl Stock {
         }
     }
 
-    /// The order in which a deduction tries the segments. Alone: from a random one on, which
-    /// spreads the lock contention. Combining: from this instance's home (`home`) on, the same
-    /// for all of its requests, so that they queue up together and its groups are as large as
-    /// they can be, while other instances, with other homes, mostly work on other segments.
-    fn visit_order(&self, segments: i32, home: u32) -> impl Iterator<Item = i32> {
-        let n = segments.max(1);
-        let start = if self.combining() {
-            i32::try_from(home % n.unsigned_abs()).unwrap_or(0)
-        } else {
-            rand::rng().random_range(0..n)
-        };
-        (0..n).map(move |i| (start + i) % n)
-    }
-
-    /// The home segment (as read: `seen`) had too little, or another instance holds its lock:
-    /// move this instance's home, once however many requests found it so at the same time, to
-    /// a random other segment of the `segments`. Random, not the next one: two instances whose
-    /// homes met would otherwise walk on together, segment after segment, contending for each.
-    pub(crate) fn move_home(&self, seen: u32, segments: i32) {
-        let n = segments.max(1).unsigned_abs();
-        if n < 2 {
-            return;
-        }
-        let next = (seen % n + rand::rng().random_range(1..n)) % n;
-        let _ = self
-            .home
-            .compare_exchange(seen, next, Ordering::Relaxed, Ordering::Relaxed);
-    }
-
-    /// The instance's home is `segment` of `sku` and its lock was busy: another instance works
-    /// there; move on (see [`Stock::move_home`]).
-    pub(crate) fn leave_contended_home(&self, sku: &str, segment: i32) {
-        let Some(segments) = self.shapes.segments(sku) else {
-            return;
-        };
-        let home = self.home.load(Ordering::Relaxed);
-        if self.visit_order(segments, home).next() == Some(segment) {
-            self.move_home(home, segments);
-        }
-    }
-
-    /// Where redis-atomic's take starts: the first segment of [`Stock::visit_order`].
-    pub(crate) fn first_segment(&self, segments: i32) -> i32 {
-        self.visit_order(segments, self.home.load(Ordering::Relaxed))
-            .next()
-            .unwrap_or(0)
-    }
-
     /// Whether single-segment deductions are combined into groups.
-    fn combining(&self) -> bool {
-        self.config.batch_max > 1 && self.strategy().combines()
+    pub(crate) fn combining(&self) -> bool {
+        self.config.batch_max > 1 && self.concurrency.combines()
     }
 
     /// How the deduction starts. Combining: only the segment count, remembered for a moment
@@ -633,36 +502,49 @@ impl Stock {
         if deduction.generation != generation {
             return Err(StockError::ResetSince(sku.to_owned()));
         }
-        let result = if self.strategy() == Strategy::RedisAtomic {
-            self.release_atomic(sku, &deduction)
-                .instrument(db_span("release", sku))
-                .await?
-        } else {
-            let segments: Vec<i32> = deduction.parts.iter().map(|p| p.segment).collect();
-            let op = Op::Release(deduction.parts.clone());
-            match self
-                .attempt_one(&op, sku, generation, &segments, order_id)
-                .await?
-            {
-                Rmw::Done { movement, after } => {
-                    self.cache.set_availability(sku, &after).await;
-                    self.metrics.segment_levels(sku, &after);
-                    movement
-                }
-                Rmw::Duplicate => {
-                    let mut conn = self.pool.acquire().await?;
-                    let m = store::movement(&mut conn, order_id, MovementKind::Release)
-                        .await?
-                        .ok_or(StockError::Conflict)?;
-                    return Ok(StockChange::from_movement(m, true));
-                }
-                Rmw::Insufficient(_) | Rmw::Rejected { .. } => return Err(StockError::Conflict),
-            }
+        let movement = match self
+            .concurrency
+            .release(self, &deduction, generation)
+            .await?
+        {
+            Released::Now(movement) => movement,
+            Released::Already(movement) => return Ok(StockChange::from_movement(movement, true)),
         };
         self.oversold.touch(sku);
         self.cache.restocked(sku).await?;
         self.metrics.outcome(self.strategy(), "released");
-        Ok(StockChange::from_movement(result, false))
+        Ok(StockChange::from_movement(movement, false))
+    }
+
+    /// The lock strategies' release: the deduction's parts added back under the locks of its
+    /// segments, in one read-modify-write.
+    pub(crate) async fn release_locked(
+        &self,
+        deduction: &Movement,
+        generation: i64,
+    ) -> Result<Released, StockError> {
+        let sku = deduction.sku.as_str();
+        let order_id = deduction.order_id.as_str();
+        let segments: Vec<i32> = deduction.parts.iter().map(|p| p.segment).collect();
+        let op = Op::Release(deduction.parts.clone());
+        match self
+            .attempt_one(&op, sku, generation, &segments, order_id)
+            .await?
+        {
+            Rmw::Done { movement, after } => {
+                self.cache.set_availability(sku, &after).await;
+                self.metrics.segment_levels(sku, &after);
+                Ok(Released::Now(movement))
+            }
+            Rmw::Duplicate => {
+                let mut conn = self.pool.acquire().await?;
+                store::movement(&mut conn, order_id, MovementKind::Release)
+                    .await?
+                    .map(Released::Already)
+                    .ok_or(StockError::Conflict)
+            }
+            Rmw::Insufficient(_) | Rmw::Rejected { .. } => Err(StockError::Conflict),
+        }
     }
 
     /// One request's read-modify-write under the strategy's lock(s).
@@ -705,102 +587,6 @@ impl Stock {
         }
     }
 
-    /// Take the strategy's lock(s), run the critical `section` with the tokens it must write
-    /// with, handle a refused write, release the lock(s). See [`Stock::attempt_keeping`].
-    pub(crate) async fn attempt<R, F, Fut>(
-        &self,
-        sku: &str,
-        segments: &[i32],
-        operation: &'static str,
-        section: F,
-    ) -> Result<R, StockError>
-    where
-        R: Refusal,
-        F: Fn(Tokens) -> Fut,
-        Fut: Future<Output = Result<R, StockError>>,
-    {
-        let mut kept = None;
-        let outcome = self
-            .attempt_keeping(sku, segments, operation, &mut kept, section)
-            .await;
-        self.let_go(kept, segments).await;
-        outcome
-    }
-
-    /// [`Stock::attempt`] for a group worker that keeps its lock across the groups it drains:
-    /// a valid lock in `kept` (taken recently enough) is used instead of taking it again, and
-    /// the lock the section ran under is left in `kept` when it succeeded. On a refusal or an
-    /// error the lock is released.
-    ///
-    /// A refused write: the optimistic strategy retries; a fenced strategy whose lock is
-    /// still valid but whose token is below the row's fence (Redis lost its counter) re-seeds
-    /// the counter above the database's fences and retries once; any other fenced refusal is
-    /// a lost lock.
-    pub(crate) async fn attempt_keeping<R, F, Fut>(
-        &self,
-        sku: &str,
-        segments: &[i32],
-        operation: &'static str,
-        kept: &mut Option<Kept>,
-        section: F,
-    ) -> Result<R, StockError>
-    where
-        R: Refusal,
-        F: Fn(Tokens) -> Fut,
-        Fut: Future<Output = Result<R, StockError>>,
-    {
-        let mut conflicts = 0;
-        let mut reseeded = false;
-        loop {
-            let mut tenure = self.tenure(sku, segments, kept.take()).await?;
-            let tokens = self.tokens(sku, segments, &tenure);
-            let outcome = self
-                .hold(
-                    segments,
-                    section(tokens).instrument(db_span(operation, sku)),
-                )
-                .await;
-            let valid = tenure.still_valid();
-            let outcome = match outcome {
-                Ok(outcome) => outcome,
-                Err(err) => {
-                    self.let_go(Some(tenure), segments).await;
-                    return Err(err);
-                }
-            };
-            let Some((row, token)) = outcome.refused() else {
-                tenure.wrote |= outcome.wrote();
-                *kept = Some(tenure);
-                return Ok(outcome);
-            };
-            self.let_go(Some(tenure), segments).await;
-            match self.strategy() {
-                Strategy::DbOptimistic => {
-                    conflicts += 1;
-                    self.metrics.optimistic_conflict();
-                    if conflicts > self.config.optimistic_retries {
-                        return Err(StockError::Conflict);
-                    }
-                    let jitter = rand::rng().random_range(0..=conflicts.min(10));
-                    tokio::time::sleep(Duration::from_millis(u64::from(jitter))).await;
-                }
-                s if s.is_fenced() => {
-                    let stale_token = token.is_some_and(|t| row.last_fence >= t);
-                    if valid && stale_token && !reseeded {
-                        self.reseed_fences(sku, segments).await?;
-                        reseeded = true;
-                        continue;
-                    }
-                    self.metrics.fence_rejected(self.strategy());
-                    tracing::warn!(%sku, segment = row.segment, ?token, fence = row.last_fence,
-                        "fenced write refused: the lock was lost");
-                    return Err(StockError::FenceRejected);
-                }
-                _ => return Err(StockError::Conflict),
-            }
-        }
-    }
-
     /// Read the segments, plan the change, write every touched segment under the strategy's
     /// guard and record the movement, in one transaction.
     async fn rmw(
@@ -822,87 +608,6 @@ impl Stock {
             self.held_since(since, segments);
         }
         outcome
-    }
-
-    /// Read `segments` inside `tx`. db-pessimistic locks the rows (`SELECT … FOR UPDATE`): the
-    /// wait is a `lock.wait` span and a lock-wait observation, and the second value is when
-    /// the row locks were granted (they are held until the transaction ends).
-    pub(crate) async fn read_for_write(
-        &self,
-        tx: &mut sqlx::PgConnection,
-        sku: &str,
-        segments: &[i32],
-    ) -> Result<(Vec<SegmentRow>, Option<tokio::time::Instant>), StockError> {
-        let locks_rows = self.strategy() == Strategy::DbPessimistic;
-        let (rows, row_locked) = self
-            .reading(
-                sku,
-                segments,
-                store::read_segments(tx, sku, segments, locks_rows),
-            )
-            .await;
-        Ok((rows?, row_locked))
-    }
-
-    /// Run the `read` of `segments` at the start of a critical section. db-pessimistic's read
-    /// locks the rows (`SELECT … FOR UPDATE`): its wait is a `lock.wait` span and a lock-wait
-    /// observation (a long one moves the instance's home), and the second value is when the
-    /// row locks were granted (they are held until the transaction ends).
-    pub(crate) async fn reading<T>(
-        &self,
-        sku: &str,
-        segments: &[i32],
-        read: impl Future<Output = T>,
-    ) -> (T, Option<tokio::time::Instant>) {
-        let strategy = self.strategy();
-        if strategy != Strategy::DbPessimistic {
-            return (read.await, None);
-        }
-        let labels = self.lock_labels(segments);
-        let span = tracing::info_span!(
-            "lock.wait",
-            strategy = strategy.as_str(),
-            segment = labels.join(","),
-            acquired = true,
-            lock.kind = "row",
-        );
-        let started = tokio::time::Instant::now();
-        let out = read.instrument(span).await;
-        let waited = started.elapsed();
-        self.metrics.lock_wait(strategy, &labels, waited, true);
-        if let [segment] = segments
-            && waited >= crate::locking::CONTENDED
-        {
-            self.leave_contended_home(sku, *segment);
-        }
-        (out, Some(tokio::time::Instant::now()))
-    }
-
-    /// How a write of `row` proves it is still entitled to write, under `token`.
-    pub(crate) fn write_guard(
-        &self,
-        row: &SegmentRow,
-        token: Option<i64>,
-        continuing: bool,
-    ) -> Result<WriteGuard, StockError> {
-        match (self.strategy(), token) {
-            (Strategy::DbOptimistic, _) => Ok(WriteGuard::Version(row.version)),
-            (s, Some(token)) if s.is_fenced() => Ok(WriteGuard::Fence {
-                seen: row.last_fence,
-                version: row.version,
-                token,
-                continuing,
-            }),
-            (s, None) if s.is_fenced() => Err(StockError::FenceRejected),
-            _ => Ok(WriteGuard::None),
-        }
-    }
-
-    /// The configured pause between read and write (demos and tests widen the race window).
-    pub(crate) async fn rmw_pause(&self) {
-        if !self.config.rmw_delay.is_zero() {
-            tokio::time::sleep(self.config.rmw_delay).await;
-        }
     }
 
     /// Plan `op` over the `rows` read, write the touched segments and record the movement;
@@ -933,7 +638,9 @@ impl Stock {
                 return Err(StockError::Conflict);
             };
             let token = tokens.of(row.segment);
-            let guard = self.write_guard(row, token, tokens.continuing())?;
+            let guard = self
+                .concurrency
+                .write_guard(row, token, tokens.continuing())?;
             let value = row.available + sign * part.qty;
             if !store::write_segment(&mut tx, sku, row.segment, value, guard).await? {
                 tx.rollback().await?;

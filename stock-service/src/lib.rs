@@ -8,9 +8,12 @@ pub mod api;
 pub mod cache;
 pub mod config;
 pub mod engine;
+pub mod error;
 pub mod group;
+mod home;
 pub mod locking;
 pub mod metrics;
+mod section;
 pub mod shape;
 pub mod store;
 pub mod strategy;
@@ -81,6 +84,7 @@ pub async fn connect(config: StockConfig) -> anyhow::Result<Stock> {
         locks,
         redlock,
         cache,
+        concurrency: config.strategy.concurrency(),
         config,
         metrics,
         oversold,

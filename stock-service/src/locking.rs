@@ -12,7 +12,6 @@ use tracing::field::Empty;
 use crate::engine::{Stock, StockError};
 use crate::metrics::lock_labels;
 use crate::store;
-use crate::strategy::Strategy;
 
 /// A lock wait this long means another holder had the lock (an uncontended acquisition is one
 /// script call): the instance's combined deductions move their home elsewhere.
@@ -55,6 +54,11 @@ impl Kept {
     /// Whether the lock is still held (its lease has not run out, no renewal found it lost).
     pub(crate) fn still_valid(&self) -> bool {
         self.held.still_valid()
+    }
+
+    /// Whether a lock is held at all (strategies without one hold nothing).
+    pub(crate) fn locks(&self) -> bool {
+        !matches!(self.held, Held::Nothing)
     }
 
     fn reusable(&self) -> bool {
@@ -159,9 +163,14 @@ impl Stock {
         self.held_since(since, segments);
     }
 
-    /// Run `section` in a `lock.hold` span when the strategy takes a lock.
-    pub(crate) async fn hold<T>(&self, segments: &[i32], section: impl Future<Output = T>) -> T {
-        if !self.strategy().takes_lock() {
+    /// Run `section` in a `lock.hold` span when it runs under a lock (`locked`).
+    pub(crate) async fn hold<T>(
+        &self,
+        segments: &[i32],
+        locked: bool,
+        section: impl Future<Output = T>,
+    ) -> T {
+        if !locked {
             return section.await;
         }
         let hold_span = tracing::info_span!(
@@ -178,15 +187,11 @@ impl Stock {
         if matches!(held, Held::Nothing) {
             return Tokens::default();
         }
-        let item_lock = self.item_lock(sku);
         let of = segments
             .iter()
             .filter_map(|&segment| {
-                let token = match self.strategy() {
-                    Strategy::RedisLock => held.token(&item_lock),
-                    _ => held.token(&self.segment_lock(sku, segment)),
-                };
-                token.map(|t| (segment, t))
+                let name = self.concurrency.lock_name(self, sku, segment)?;
+                held.token(&name).map(|t| (segment, t))
             })
             .collect();
         Tokens {
@@ -205,23 +210,8 @@ impl Stock {
         let mut conn = self.pool.acquire().await?;
         let floor = u64::try_from(store::max_fence(&mut conn, sku, None).await?).unwrap_or(0);
         drop(conn);
-        let names: Vec<String> = match self.strategy() {
-            Strategy::RedisLock => vec![self.item_lock(sku)],
-            _ => segments
-                .iter()
-                .map(|&s| self.segment_lock(sku, s))
-                .collect(),
-        };
-        for name in &names {
-            match &self.redlock {
-                Some(rl) if self.strategy() == Strategy::Redlock => {
-                    rl.raise_fence(name, floor).await?;
-                }
-                _ => {
-                    self.locks.raise_fence(name, floor).await?;
-                }
-            }
-        }
+        let names = self.lock_names(sku, segments);
+        self.concurrency.raise_fences(self, &names, floor).await?;
         self.metrics.fence_reseeded();
         tracing::warn!(%sku, floor, "fencing counters were behind the database (Redis lost data?); re-seeded");
         Ok(())
@@ -229,16 +219,29 @@ impl Stock {
 
     /// The `segment` labels of the strategy's lock(s) over `segments`.
     pub(crate) fn lock_labels(&self, segments: &[i32]) -> Vec<String> {
-        lock_labels(self.strategy() == Strategy::RedisLock, segments)
+        lock_labels(self.concurrency.item_wide(), segments)
+    }
+
+    /// The names of the strategy's Redis locks over `segments` of `sku`, sorted, without
+    /// repeats; empty when the strategy takes none.
+    pub(crate) fn lock_names(&self, sku: &str, segments: &[i32]) -> Vec<String> {
+        let mut names: Vec<String> = segments
+            .iter()
+            .filter_map(|&segment| self.concurrency.lock_name(self, sku, segment))
+            .collect();
+        names.sort();
+        names.dedup();
+        names
     }
 
     /// The strategy's locks for `segments`, waited for in a `lock.wait` span and recorded in
     /// `stock.lock.wait.duration`.
     pub(crate) async fn lock(&self, sku: &str, segments: &[i32]) -> Result<Held, StockError> {
-        let strategy = self.strategy();
-        if !strategy.takes_lock() {
+        let names = self.lock_names(sku, segments);
+        if names.is_empty() {
             return Ok(Held::Nothing);
         }
+        let strategy = self.strategy();
         let labels = self.lock_labels(segments);
         let span = tracing::info_span!(
             "lock.wait",
@@ -248,7 +251,8 @@ impl Stock {
         );
         let started = tokio::time::Instant::now();
         let result = self
-            .acquire(sku, segments, started)
+            .concurrency
+            .acquire(self, &names, self.config.lock_wait, started)
             .instrument(span.clone())
             .await;
         if let Ok(held) = &result {
@@ -258,7 +262,7 @@ impl Stock {
                 .lock_wait(strategy, &labels, waited, held.is_some());
             if let [segment] = segments
                 && waited >= CONTENDED
-                && strategy != Strategy::RedisLock
+                && !self.concurrency.item_wide()
             {
                 self.leave_contended_home(sku, *segment);
             }
@@ -266,64 +270,31 @@ impl Stock {
         result?.ok_or(StockError::LockTimeout)
     }
 
-    /// Take the strategy's locks; `None` when the wait ran out.
-    pub(crate) async fn acquire(
+    /// Take the `rlock` locks `names` on the main Redis (one lock, or a MultiLock over
+    /// several), with the configured lease; `None` when `wait` ran out.
+    pub(crate) async fn acquire_rlocks(
         &self,
-        sku: &str,
-        segments: &[i32],
-        started: tokio::time::Instant,
+        names: &[String],
+        wait: Duration,
     ) -> Result<Option<Held>, StockError> {
-        let wait = self.config.lock_wait;
-        let held = match self.strategy() {
-            Strategy::Naive
-            | Strategy::DbPessimistic
-            | Strategy::DbOptimistic
-            | Strategy::RedisAtomic => Some(Held::Nothing),
-            Strategy::RedisLock => {
-                let lock = self.locks.lock(&self.item_lock(sku))?;
-                lock.try_acquire(wait, self.lease()).await?.map(Held::One)
-            }
-            Strategy::Segmented => {
-                if let [segment] = segments {
-                    let lock = self.locks.lock(&self.segment_lock(sku, *segment))?;
-                    lock.try_acquire(wait, self.lease()).await?.map(Held::One)
-                } else {
-                    let names: Vec<String> = segments
-                        .iter()
-                        .map(|&s| self.segment_lock(sku, s))
-                        .collect();
-                    let multi = self.locks.multi_lock(&names)?;
-                    multi.try_acquire(wait, self.lease()).await?.map(Held::Many)
-                }
-            }
-            Strategy::Redlock => {
-                let Some(rl) = &self.redlock else {
-                    return Err(StockError::Invalid(
-                        "redlock strategy without REDLOCK_URLS".into(),
-                    ));
-                };
-                let lease = self.config.lock_lease.unwrap_or(Duration::from_secs(5));
-                let mut names: Vec<String> = segments
-                    .iter()
-                    .map(|&s| self.segment_lock(sku, s))
-                    .collect();
-                names.sort();
-                let mut guards = Vec::with_capacity(names.len());
-                let deadline = started + wait;
-                for name in &names {
-                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                    match rl.try_acquire(name, left, lease).await? {
-                        Some(g) => guards.push(g),
-                        None => {
-                            Held::Red(guards).release().await;
-                            return Ok(None);
-                        }
-                    }
-                }
-                Some(Held::Red(guards))
-            }
-        };
-        Ok(held)
+        if let [name] = names {
+            let lock = self.locks.lock(name)?;
+            return Ok(lock.try_acquire(wait, self.lease()).await?.map(Held::One));
+        }
+        let multi = self.locks.multi_lock(names)?;
+        Ok(multi.try_acquire(wait, self.lease()).await?.map(Held::Many))
+    }
+
+    /// Raise the fencing counters of the `rlock` locks `names` above `floor`.
+    pub(crate) async fn raise_rlock_fences(
+        &self,
+        names: &[String],
+        floor: u64,
+    ) -> Result<(), StockError> {
+        for name in names {
+            self.locks.raise_fence(name, floor).await?;
+        }
+        Ok(())
     }
 
     /// The strategy's lock(s) over `segments`, taken at `since`, are released now: one

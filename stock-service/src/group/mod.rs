@@ -20,10 +20,10 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 use tracing::{Instrument as _, Span};
 
-use crate::engine::{Refusal, Rmw, Stock, StockError};
+use crate::engine::{Rmw, Stock, StockError};
 use crate::locking::{Kept, Tokens};
+use crate::section::Refusal;
 use crate::store::{self, Movement, MovementKind, Part, SegmentRow};
-use crate::strategy::Strategy;
 use plan::{GroupPlan, Verdict};
 use service_kit::combine::{Combiner, Worker};
 
@@ -124,15 +124,11 @@ impl Stock {
             // The group's lock.wait, lock.hold and db.transaction spans go inside the first
             // request's span (its trace shows the critical section the others shared).
             let span = wants[0].span.clone();
-            let outcomes = if self.config.strategy == Strategy::RedisAtomic {
-                self.write_group(&sku, segment, &wants)
-                    .instrument(span)
-                    .await
-            } else {
-                self.deduct_group(&sku, segment, &wants, &mut kept)
-                    .instrument(span)
-                    .await
-            };
+            let outcomes = self
+                .concurrency
+                .apply_group(&self, &sku, segment, &wants, &mut kept)
+                .instrument(span)
+                .await;
             for (want, outcome) in wants.into_iter().zip(outcomes) {
                 // A caller that went away no longer needs its answer; its deduction stands
                 // and a retry replays it.
@@ -143,7 +139,7 @@ impl Stock {
 
     /// The group under the segment's lock (kept from the previous group, or taken); one
     /// outcome per request.
-    async fn deduct_group(
+    pub(crate) async fn deduct_group(
         &self,
         sku: &str,
         segment: i32,
@@ -175,7 +171,7 @@ impl Stock {
         tokens: Tokens,
     ) -> Result<GroupRmw, StockError> {
         let mut tx = self.pool.begin().await?;
-        let locks_rows = self.config.strategy == Strategy::DbPessimistic;
+        let locks_rows = self.concurrency.locks_rows();
         let (read, row_locked) = self
             .reading(
                 sku,
@@ -233,7 +229,7 @@ impl Stock {
             // Nothing taken: nothing to write.
             tx.rollback().await?;
         } else {
-            let guard = self.write_guard(&row, token, continuing)?;
+            let guard = self.concurrency.write_guard(&row, token, continuing)?;
             if !store::write_segment(&mut tx, sku, row.segment, left, guard).await? {
                 tx.rollback().await?;
                 return Ok(GroupRmw::Rejected { row, token });

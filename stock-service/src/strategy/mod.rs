@@ -1,10 +1,22 @@
-//! The deduction strategies the literature compares, selectable per instance, and the
-//! strategy-specific parts of the engine (`redis_atomic`).
+//! The deduction strategies the literature compares, selectable per instance: their names
+//! ([`Strategy`]) and, one module each, their concurrency control behind one trait
+//! ([`concurrency::Concurrency`]), which is all the engine asks of them.
 
+pub(crate) mod concurrency;
+mod db_optimistic;
+mod db_pessimistic;
+mod fenced;
+mod naive;
 pub mod redis_atomic;
+mod redis_lock;
+mod redlock;
+mod segmented;
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
+
+use concurrency::Concurrency;
 
 /// How an instance keeps concurrent deductions of one item from overselling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -52,24 +64,22 @@ impl Strategy {
     }
 
     /// Whether concurrent single-segment deductions are combined into groups when
-    /// `STOCK_BATCH_MAX` is above 1. Every strategy but `naive`: a group serializes one
-    /// segment's deductions within an instance, which is concurrency control, and `naive`, the
-    /// negative control, must have none.
+    /// `STOCK_BATCH_MAX` is above 1 (every strategy but `naive`, see `naive.rs`).
     pub fn combines(self) -> bool {
-        self != Strategy::Naive
+        self.concurrency().combines()
     }
 
-    /// Whether deductions take a Redis lock (one or several) around their critical section.
-    pub fn takes_lock(self) -> bool {
-        self.is_fenced()
-    }
-
-    /// Whether writes carry a fencing token checked by the database.
-    pub fn is_fenced(self) -> bool {
-        matches!(
-            self,
-            Strategy::RedisLock | Strategy::Segmented | Strategy::Redlock
-        )
+    /// The strategy's concurrency control, as the engine uses it.
+    pub(crate) fn concurrency(self) -> Arc<dyn Concurrency> {
+        match self {
+            Strategy::Naive => Arc::new(naive::Naive),
+            Strategy::DbPessimistic => Arc::new(db_pessimistic::DbPessimistic),
+            Strategy::DbOptimistic => Arc::new(db_optimistic::DbOptimistic),
+            Strategy::RedisLock => Arc::new(redis_lock::RedisLock),
+            Strategy::Segmented => Arc::new(segmented::Segmented),
+            Strategy::Redlock => Arc::new(redlock::Redlock),
+            Strategy::RedisAtomic => Arc::new(redis_atomic::RedisAtomic),
+        }
     }
 }
 

@@ -4,22 +4,71 @@
 //! database write is in `group.rs`. docs/stock-service.md#redis-atomic says why its safety rests
 //! on the SQL guard.
 
+mod counters;
 mod group;
 
+use futures_util::future::BoxFuture;
 use tracing::Instrument as _;
 
 use crate::engine::{Rmw, Stock, StockChange, StockError, commit_movement, db_span};
+use crate::group::Want;
+use crate::locking::Kept;
 use crate::store::{self, Movement, MovementKind, Part};
 use crate::strategy::Strategy;
+use crate::strategy::concurrency::{Concurrency, Deduction, Released};
 
 /// Rounds of redis-atomic's take-then-write before answering 503.
 const ATOMIC_ROUNDS: usize = 5;
+
+/// Counters in Redis as the gate, a guarded decrement in PostgreSQL as the guard; no lock.
+#[derive(Debug)]
+pub(crate) struct RedisAtomic;
+
+impl Concurrency for RedisAtomic {
+    fn strategy(&self) -> Strategy {
+        Strategy::RedisAtomic
+    }
+
+    fn deduct<'a>(
+        &'a self,
+        stock: &'a Stock,
+        d: Deduction<'a>,
+    ) -> BoxFuture<'a, Result<StockChange, StockError>> {
+        Box::pin(stock.deduct_atomic(d.sku, d.order_id, d.qty, d.generation, d.segments))
+    }
+
+    fn release<'a>(
+        &'a self,
+        stock: &'a Stock,
+        deduction: &'a Movement,
+        _generation: i64,
+    ) -> BoxFuture<'a, Result<Released, StockError>> {
+        Box::pin(async move {
+            stock
+                .release_atomic(&deduction.sku, deduction)
+                .instrument(db_span("release", &deduction.sku))
+                .await
+        })
+    }
+
+    /// The group is the database write of units Redis handed out (`group.rs`).
+    fn apply_group<'a>(
+        &'a self,
+        stock: &'a Stock,
+        sku: &'a str,
+        segment: i32,
+        wants: &'a [Want],
+        _kept: &'a mut Option<Kept>,
+    ) -> BoxFuture<'a, Vec<Result<Rmw, StockError>>> {
+        Box::pin(stock.write_group(sku, segment, wants))
+    }
+}
 
 impl Stock {
     /// redis-atomic: a Lua script takes the units from Redis counters (the gate), then a
     /// guarded SQL decrement and the movement are written; anything the database refuses is
     /// given back to Redis.
-    pub(crate) async fn deduct_atomic(
+    async fn deduct_atomic(
         &self,
         sku: &str,
         order_id: &str,
@@ -150,11 +199,13 @@ impl Stock {
         Ok(Rmw::Done { movement, after })
     }
 
-    pub(crate) async fn release_atomic(
+    /// Put the units back in PostgreSQL (an unconditional increment and the release row, one
+    /// transaction), then in Redis.
+    async fn release_atomic(
         &self,
         sku: &str,
         deduction: &Movement,
-    ) -> Result<Movement, StockError> {
+    ) -> Result<Released, StockError> {
         let mut tx = self.pool.begin().await?;
         let mut after = Vec::new();
         for p in &deduction.parts {
@@ -171,12 +222,13 @@ impl Stock {
             let mut conn = self.pool.acquire().await?;
             return store::movement(&mut conn, &deduction.order_id, MovementKind::Release)
                 .await?
+                .map(Released::Already)
                 .ok_or(StockError::Conflict);
         }
         let parts: Vec<(i32, i64)> = deduction.parts.iter().map(|p| (p.segment, p.qty)).collect();
         self.cache.give_back(sku, &parts).await?;
         self.cache.set_availability(sku, &after).await;
         self.metrics.segment_levels(sku, &after);
-        Ok(movement)
+        Ok(Released::Now(movement))
     }
 }
