@@ -91,17 +91,7 @@ pub struct FileConfig {
     pub dashboard: DashboardConfig,
 }
 
-/// How requests are spread over a pool's upstreams.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Balance {
-    /// Each healthy upstream in turn.
-    #[default]
-    RoundRobin,
-    /// Power of two choices: of two random healthy upstreams, the one with fewer requests in
-    /// flight.
-    P2c,
-}
+pub use service_kit::upstream::Balance;
 
 /// Balancing, passive ejection and active health checks.
 #[derive(Debug, Clone, PartialEq, Deserialize)]

@@ -8,13 +8,12 @@ use std::time::Duration;
 use axum::http::{Method, Request, header};
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
-use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::Gateway;
 use crate::runtime::{HttpClient, Runtime};
 use crate::state::WeakGateway;
-use crate::upstream::{HealthChange, Upstream};
+use crate::upstream::{self, HealthChange, Upstream};
 
 /// How often the per-user rate-limit table is trimmed.
 const LIMITER_HOUSEKEEPING: Duration = Duration::from_secs(60);
@@ -42,26 +41,25 @@ pub(crate) async fn run(weak: WeakGateway) {
 /// Probes every upstream of `runtime` once, concurrently, and records the results.
 pub(crate) async fn check_all(gateway: &Gateway, runtime: &Runtime) {
     let settings = &runtime.file.upstreams;
-    let mut probes = JoinSet::new();
-    for upstream in &runtime.upstreams {
-        probes.spawn(probe(
+    let changes = upstream::check_all(&runtime.upstreams, settings.eject_after_failures, |up| {
+        probe(
             runtime.client.clone(),
-            Arc::clone(upstream),
+            up,
             settings.health_check_path.clone(),
             settings.health_check_timeout(),
-        ));
-    }
-    while let Some(joined) = probes.join_next().await {
-        let Ok((upstream, healthy)) = joined else {
-            continue;
-        };
-        if healthy {
-            if upstream.record_success() == HealthChange::Readmitted {
+        )
+    })
+    .await;
+    for (upstream, change) in changes {
+        match change {
+            HealthChange::Readmitted => {
                 tracing::info!(upstream = %upstream.base, "health check passed; upstream re-admitted");
             }
-        } else if upstream.record_failure(settings.eject_after_failures) == HealthChange::Ejected {
-            gateway.metrics().ejected(&upstream.base);
-            tracing::warn!(upstream = %upstream.base, "health checks failed; upstream ejected");
+            HealthChange::Ejected => {
+                gateway.metrics().ejected(&upstream.base);
+                tracing::warn!(upstream = %upstream.base, "health checks failed; upstream ejected");
+            }
+            HealthChange::None => {}
         }
     }
 }
@@ -71,16 +69,16 @@ async fn probe(
     upstream: Arc<Upstream>,
     path: String,
     timeout: Duration,
-) -> (Arc<Upstream>, bool) {
+) -> bool {
     let request = Request::builder()
         .method(Method::GET)
         .uri(format!("{}{path}", upstream.base))
         .header(header::USER_AGENT, "seckill-gateway-health-check")
         .body(Full::new(Bytes::new()));
     let Ok(request) = request else {
-        return (upstream, false);
+        return false;
     };
-    let healthy = tokio::time::timeout(timeout, async {
+    tokio::time::timeout(timeout, async {
         let response = client.request(request).await.ok()?;
         let ok = response.status().is_success();
         // Read the body so the connection can be reused.
@@ -90,6 +88,5 @@ async fn probe(
     .await
     .ok()
     .flatten()
-    .unwrap_or(false);
-    (upstream, healthy)
+    .unwrap_or(false)
 }

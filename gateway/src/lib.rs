@@ -23,7 +23,9 @@ pub mod routes;
 pub mod runtime;
 pub mod settings;
 pub mod state;
-pub mod upstream;
+
+/// Upstreams and pools (shared with the order-service's stock-service pool).
+pub use service_kit::upstream;
 
 use axum::Router;
 use axum::routing::post;

@@ -332,6 +332,16 @@ impl IntoResponse for ApiError {
                     true,
                 )
             }
+            OrderError::Redis(_) => {
+                tracing::error!(error = %self.0, "order operation failed");
+                (
+                    Problem::service_unavailable(
+                        "Redis failed; nothing was ordered; retry with the same Idempotency-Key",
+                    )
+                    .with_type("/problems/dependency-failed"),
+                    true,
+                )
+            }
         };
         let mut response = problem.into_response();
         if retry {

@@ -16,8 +16,15 @@ pub struct OrderConfig {
     pub db_max_connections: u32,
     /// Redis: replay records and the stock-service's sold-out flags (`REDIS_URL`).
     pub redis_url: String,
-    /// Base URL of the stock-service (`STOCK_URL`, default `http://127.0.0.1:8082`).
-    pub stock_url: String,
+    /// Base URLs of the stock-service instances (`STOCK_URL`, comma-separated, default
+    /// `http://127.0.0.1:8082`), balanced round robin, failed ones ejected.
+    pub stock_urls: Vec<String>,
+    /// Active health checks of the stock-service instances (`STOCK_HEALTH_INTERVAL_MS`,
+    /// default 1000; 0: off).
+    pub stock_health_interval: Duration,
+    /// Consecutive failures (calls or health checks) that eject a stock-service instance
+    /// (`STOCK_EJECT_AFTER`, default 3).
+    pub stock_eject_after: u32,
     /// Timeout of one call to the stock-service (`STOCK_TIMEOUT_MS`, default 2000).
     pub stock_timeout: Duration,
     /// Retries of a call to the stock-service (`STOCK_RETRIES`, default 3).
@@ -67,11 +74,9 @@ impl OrderConfig {
             )?,
             db_max_connections: env.parse_or("DB_MAX_CONNECTIONS", 16)?,
             redis_url: env.string_or("REDIS_URL", "redis://127.0.0.1:6379/")?,
-            stock_url: env
-                .raw("STOCK_URL")?
-                .unwrap_or_else(|| "http://127.0.0.1:8082".into())
-                .trim_end_matches('/')
-                .to_owned(),
+            stock_urls: stock_urls(env.raw("STOCK_URL")?.as_deref())?,
+            stock_health_interval: env.millis("STOCK_HEALTH_INTERVAL_MS", 1000)?,
+            stock_eject_after: env.parse_within("STOCK_EJECT_AFTER", 3, 1..=100)?,
             stock_timeout: env.millis("STOCK_TIMEOUT_MS", 2000)?,
             stock_retries: env.parse_or("STOCK_RETRIES", 3)?,
             payment_timeout: env.secs("PAYMENT_TIMEOUT_SECS", 900)?,
@@ -84,5 +89,45 @@ impl OrderConfig {
                 .unwrap_or_else(|| "stock".into()),
             batch_max: env.parse_within("ORDER_BATCH_MAX", 64, 1..=1000)?,
         })
+    }
+}
+
+/// `STOCK_URL`: one or more `http(s)://host:port` base URLs, comma-separated.
+fn stock_urls(raw: Option<&str>) -> Result<Vec<String>, ConfigError> {
+    let raw = raw.unwrap_or("http://127.0.0.1:8082");
+    let urls: Vec<String> = raw
+        .split(',')
+        .map(|u| u.trim().trim_end_matches('/').to_owned())
+        .filter(|u| !u.is_empty())
+        .collect();
+    let bad = urls
+        .iter()
+        .find(|u| !(u.starts_with("http://") || u.starts_with("https://")));
+    if urls.is_empty() || bad.is_some() {
+        return Err(ConfigError::Invalid {
+            name: "STOCK_URL".into(),
+            value: raw.to_owned(),
+            reason: "expected one or more http:// base URLs, comma-separated".into(),
+        });
+    }
+    Ok(urls)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stock_url_takes_a_list() {
+        assert_eq!(
+            stock_urls(Some("http://a:1/, http://b:2")).ok(),
+            Some(vec!["http://a:1".to_owned(), "http://b:2".to_owned()])
+        );
+        assert_eq!(
+            stock_urls(None).ok(),
+            Some(vec!["http://127.0.0.1:8082".to_owned()])
+        );
+        assert!(stock_urls(Some("a:1")).is_err());
+        assert!(stock_urls(Some(" , ")).is_err());
     }
 }

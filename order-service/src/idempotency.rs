@@ -88,6 +88,13 @@ pub struct ReplayCache {
 }
 
 const COMPLETE: &str = "orders:idem:complete";
+
+/// What a key's record holds while its first attempt may still be in flight: written before
+/// the attempt's claim can commit, and replaced by the final response. The sold-out fast path
+/// never answers for such a key (it may yet have an order), so a retry of a key whose first
+/// attempt is paused, slow or dead goes to the database and gets 409 `request-in-progress` or
+/// the order's real outcome.
+const IN_FLIGHT: &str = "in-flight";
 const REBUILDING: &str = "orders:idem:rebuilding";
 
 impl ReplayCache {
@@ -117,16 +124,33 @@ impl ReplayCache {
                 .query_async(&mut conn)
                 .await;
         match got {
-            Ok((record, Some(_complete), sold_out)) => {
-                match record.map(|r| serde_json::from_str::<Record>(&r)) {
-                    Some(Ok(r)) => FastPath::Replay(r),
-                    Some(Err(_)) => FastPath::Miss,
-                    None if sold_out.is_some() => FastPath::SoldOut,
-                    None => FastPath::Miss,
+            Ok((record, Some(_complete), sold_out)) => match record {
+                Some(r) if r == IN_FLIGHT => FastPath::Miss,
+                Some(r) => {
+                    serde_json::from_str::<Record>(&r).map_or(FastPath::Miss, FastPath::Replay)
                 }
-            }
+                None if sold_out.is_some() => FastPath::SoldOut,
+                None => FastPath::Miss,
+            },
             _ => FastPath::Miss,
         }
+    }
+
+    /// Mark the key in flight before its claim can commit (see [`IN_FLIGHT`]); a record that
+    /// is already there (a marker, or a final response) stays. An error means the claim must
+    /// not be made: without the marker the fast path could later answer "sold out" for a key
+    /// that has an order.
+    pub async fn mark_in_flight(&self, user: &str, key: &str) -> redis::RedisResult<()> {
+        let mut conn = self.conn.clone();
+        let _: Option<String> = redis::cmd("SET")
+            .arg(Self::record_key(user, key))
+            .arg(IN_FLIGHT)
+            .arg("NX")
+            .arg("EX")
+            .arg(self.ttl.as_secs().max(1))
+            .query_async(&mut conn)
+            .await?;
+        Ok(())
     }
 
     /// Write a final response before it is committed and sent. An error means the response
@@ -158,6 +182,7 @@ impl ReplayCache {
         if lock.is_none() {
             return Ok(false);
         }
+        self.mark_live_keys(pool, &mut conn).await?;
         let rows = sqlx::query(
             "SELECT user_id, key, fingerprint, status, body, location,
                     GREATEST(EXTRACT(EPOCH FROM expires_at - now())::bigint, 1)
@@ -193,6 +218,36 @@ impl ReplayCache {
             .await?;
         tracing::info!(records = rows.len(), "replay records rebuilt in Redis");
         Ok(true)
+    }
+
+    /// The rebuild's first step: an in-flight marker for every live key without a final
+    /// response (its order may still be completed by its request or the recovery worker).
+    /// Markers go first, so that no such key is missed by the time the fast path is back on.
+    async fn mark_live_keys(
+        &self,
+        pool: &PgPool,
+        conn: &mut ConnectionManager,
+    ) -> anyhow::Result<()> {
+        let live: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT user_id, key, GREATEST(EXTRACT(EPOCH FROM expires_at - now())::bigint, 1)
+             FROM idempotency_keys WHERE state <> 'done' AND expires_at > now()",
+        )
+        .fetch_all(pool)
+        .await?;
+        for chunk in live.chunks(500) {
+            let mut pipe = redis::pipe();
+            for (user, key, ttl) in chunk {
+                pipe.cmd("SET")
+                    .arg(Self::record_key(user, key))
+                    .arg(IN_FLIGHT)
+                    .arg("NX")
+                    .arg("EX")
+                    .arg(u64::try_from(*ttl).unwrap_or(1))
+                    .ignore();
+            }
+            let _: () = pipe.query_async(conn).await?;
+        }
+        Ok(())
     }
 }
 

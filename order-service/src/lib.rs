@@ -51,11 +51,13 @@ pub async fn connect(config: OrderConfig) -> anyhow::Result<Orders> {
                 service_kit::config::redact_password(&config.redis_url)
             )
         })?;
-    let stock = stock_client::StockClient::new(
-        &config.stock_url,
-        config.stock_timeout,
-        config.stock_retries,
-    )?;
+    let stock = stock_client::StockClient::new(&stock_client::StockSettings {
+        urls: config.stock_urls.clone(),
+        timeout: config.stock_timeout,
+        retries: config.stock_retries,
+        eject_after: config.stock_eject_after,
+        health_interval: config.stock_health_interval,
+    })?;
     let replay =
         idempotency::ReplayCache::new(redis, config.idempotency_ttl, &config.stock_key_prefix);
     let groups = std::sync::Arc::new(group::Groups::new(config.batch_max));

@@ -12,7 +12,7 @@ async fn main() -> anyhow::Result<()> {
     let telemetry = telemetry::init(SERVICE_NAME).context("failed to initialise telemetry")?;
     let metrics = Metrics::install(SERVICE_NAME)?;
     let config = OrderConfig::from_env().context("invalid configuration")?;
-    tracing::info!(service = SERVICE_NAME, version = SERVICE_VERSION, stock = %config.stock_url, "starting");
+    tracing::info!(service = SERVICE_NAME, version = SERVICE_VERSION, stock = %config.stock_urls.join(","), "starting");
     let addr = config.service.bind_addr;
     let interval = config.recovery_interval;
     let orders = connect(config).await?;

@@ -85,6 +85,10 @@ pub enum OrderError {
     /// The transaction of this request's group failed (nothing of it was written).
     #[error("database: {0}")]
     GroupDb(std::sync::Arc<sqlx::Error>),
+    /// Redis failed where the answer depends on it (a key's in-flight marker); nothing was
+    /// claimed.
+    #[error("redis: {0}")]
+    Redis(redis::RedisError),
 }
 
 /// An HTTP answer for a key: stored (and so replayable) or a replay.
@@ -164,6 +168,10 @@ impl Orders {
             }
             FastPath::Miss => {}
         }
+        self.replay
+            .mark_in_flight(&ctx.user, &ctx.key)
+            .await
+            .map_err(OrderError::Redis)?;
         let request = ClaimRequest {
             user: ctx.user.clone(),
             key: ctx.key.clone(),

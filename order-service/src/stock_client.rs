@@ -1,11 +1,20 @@
-//! Calls to the stock-service. Every call carries the order id, so retrying one is safe;
-//! each has a timeout, and retries back off. Answers are classified by what they prove: a
-//! refused connection or a 503 means nothing was deducted; a timeout means "unknown".
+//! Calls to the stock-service. Every call carries the order id, so retrying one is safe —
+//! on the same instance or another; each has a timeout, and retries back off. Answers are
+//! classified by what they prove: a refused connection or a 503 means nothing was deducted; a
+//! timeout means "unknown".
+//!
+//! The instances (`STOCK_URL`, a list) form a [`Pool`] shared in kind with the gateway's
+//! (`service_kit::upstream`): round robin over the healthy ones; a transport failure or a
+//! timeout counts against an instance and `STOCK_EJECT_AFTER` in a row eject it; any answer,
+//! or a passing `/healthz` probe (every `STOCK_HEALTH_INTERVAL_MS`), takes it back. A retry
+//! goes to an instance the call has not tried yet when there is one, at once; only when every
+//! instance was tried does it back off.
 //!
 //! Tracing: each call is a span (`stock.deduct`, `stock.has_deduction`, `stock.release`) and
 //! each HTTP attempt a client span inside it whose W3C `traceparent` goes with the request, so
 //! the stock-service's spans join the order's trace.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::StatusCode;
@@ -14,6 +23,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tracing::Instrument as _;
 use tracing::field::Empty;
+
+use service_kit::upstream::{self, Balance, HealthChange, Pool, Upstream};
 
 /// What a deduction call established.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,13 +56,43 @@ pub enum Released {
     Failed(String),
 }
 
-/// Client of the stock-service API.
+/// How the client reaches the stock-service instances.
+#[derive(Debug, Clone)]
+pub struct StockSettings {
+    /// Base URLs of the instances (`http://host:port`).
+    pub urls: Vec<String>,
+    /// Timeout of one call.
+    pub timeout: Duration,
+    /// Retries of a call.
+    pub retries: u32,
+    /// Consecutive failures that eject an instance.
+    pub eject_after: u32,
+    /// Between two rounds of health checks (zero: none).
+    pub health_interval: Duration,
+}
+
+/// Client of the stock-service API, over every instance.
 #[derive(Debug, Clone)]
 pub struct StockClient {
     http: reqwest::Client,
-    base: String,
+    pool: Arc<Pool>,
     retries: u32,
+    eject_after: u32,
+    _health: Option<Arc<AbortOnDrop>>,
 }
+
+/// Stops the health checks when the last clone of the client goes.
+#[derive(Debug)]
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Timeout of one health probe.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Deserialize)]
 struct ProblemBody {
@@ -62,33 +103,58 @@ struct ProblemBody {
 }
 
 impl StockClient {
-    /// A client of the stock-service at `base` (e.g. `http://127.0.0.1:8082`).
-    pub fn new(base: &str, timeout: Duration, retries: u32) -> reqwest::Result<Self> {
+    /// A client of the stock-service instances in `settings`, health-checking them in the
+    /// background (must be called inside a Tokio runtime).
+    pub fn new(settings: &StockSettings) -> reqwest::Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(settings.timeout)
+            .connect_timeout(settings.timeout.min(Duration::from_secs(1)))
+            .no_proxy()
+            .build()?;
+        let upstreams = settings
+            .urls
+            .iter()
+            .map(|u| Arc::new(Upstream::new(u.trim_end_matches('/'))))
+            .collect();
+        let pool = Arc::new(Pool::new("stock", upstreams, Balance::RoundRobin));
+        let health = (!settings.health_interval.is_zero()).then(|| {
+            let task = tokio::spawn(check_health(
+                http.clone(),
+                Arc::clone(&pool),
+                settings.eject_after,
+                settings.health_interval,
+            ));
+            Arc::new(AbortOnDrop(task.abort_handle()))
+        });
         Ok(StockClient {
-            http: reqwest::Client::builder()
-                .timeout(timeout)
-                .connect_timeout(timeout.min(Duration::from_secs(1)))
-                .no_proxy()
-                .build()?,
-            base: base.trim_end_matches('/').to_owned(),
-            retries,
+            http,
+            pool,
+            retries: settings.retries,
+            eject_after: settings.eject_after,
+            _health: health,
         })
+    }
+
+    /// The instances and their state (ejected or not).
+    pub fn instances(&self) -> &[Arc<Upstream>] {
+        self.pool.upstreams()
     }
 
     /// Deduct `qty` of `sku` for `order_id`, retrying what is worth retrying.
     #[tracing::instrument(name = "stock.deduct", skip(self), fields(attempts = Empty))]
     pub async fn deduct(&self, sku: &str, order_id: &str, qty: i64) -> Deducted {
-        let url = format!("{}/stock/{sku}/deductions", self.base);
+        let path = format!("/stock/{sku}/deductions");
         let body = json!({"order_id": order_id, "qty": qty});
         let mut last = Deducted::NotNow("no attempt".into());
         let mut uncertain = false;
+        let mut tried = Vec::new();
         for attempt in 0..=self.retries {
-            if attempt > 0 {
-                backoff(attempt).await;
-            }
+            let instance = self.next(&mut tried, attempt).await;
             tracing::Span::current().record("attempts", attempt + 1);
+            let url = format!("{}{path}", instance.base);
             last = match self
                 .send(
+                    &instance,
                     self.http.post(&url).json(&body),
                     "POST",
                     "/stock/{sku}/deductions",
@@ -133,13 +199,14 @@ impl StockClient {
     /// no, `None` when it cannot be asked.
     #[tracing::instrument(name = "stock.has_deduction", skip(self))]
     pub async fn has_deduction(&self, sku: &str, order_id: &str) -> Option<bool> {
-        let url = format!("{}/stock/{sku}/deductions/{order_id}", self.base);
+        let path = format!("/stock/{sku}/deductions/{order_id}");
+        let mut tried = Vec::new();
         for attempt in 0..=self.retries {
-            if attempt > 0 {
-                backoff(attempt).await;
-            }
+            let instance = self.next(&mut tried, attempt).await;
+            let url = format!("{}{path}", instance.base);
             match self
                 .send(
+                    &instance,
                     self.http.get(&url),
                     "GET",
                     "/stock/{sku}/deductions/{order_id}",
@@ -158,15 +225,16 @@ impl StockClient {
     /// Put `order_id`'s stock back (idempotent).
     #[tracing::instrument(name = "stock.release", skip(self))]
     pub async fn release(&self, sku: &str, order_id: &str) -> Released {
-        let url = format!("{}/stock/{sku}/releases", self.base);
+        let path = format!("/stock/{sku}/releases");
         let body = json!({"order_id": order_id});
         let mut last = Released::Failed("no attempt".into());
+        let mut tried = Vec::new();
         for attempt in 0..=self.retries {
-            if attempt > 0 {
-                backoff(attempt).await;
-            }
+            let instance = self.next(&mut tried, attempt).await;
+            let url = format!("{}{path}", instance.base);
             last = match self
                 .send(
+                    &instance,
                     self.http.post(&url).json(&body),
                     "POST",
                     "/stock/{sku}/releases",
@@ -194,10 +262,43 @@ impl StockClient {
 }
 
 impl StockClient {
+    /// The instance for attempt number `attempt` of a call that has tried `tried`: a healthy
+    /// one it has not tried, at once; else (every instance tried, or all ejected) the next in
+    /// turn after a back-off.
+    async fn next(&self, tried: &mut Vec<Arc<Upstream>>, attempt: u32) -> Arc<Upstream> {
+        if let Some(fresh) = self.pool.pick(tried) {
+            tried.push(Arc::clone(&fresh));
+            return fresh;
+        }
+        if attempt > 0 {
+            backoff(attempt).await;
+        }
+        tried.clear();
+        let any = self.pool.pick(&[]).unwrap_or_else(|| {
+            // Every instance is ejected: try them anyway, in turn (one may be back).
+            let all = self.pool.upstreams();
+            Arc::clone(&all[usize::try_from(attempt).unwrap_or(0) % all.len()])
+        });
+        tried.push(Arc::clone(&any));
+        any
+    }
+
+    /// Record what an attempt at `instance` showed: any answer is a success; a transport
+    /// failure or a timeout counts towards ejecting it.
+    fn record(&self, instance: &Upstream, answered: bool) {
+        let change = if answered {
+            instance.record_success()
+        } else {
+            instance.record_failure(self.eject_after)
+        };
+        log_change(instance, change, "call");
+    }
+
     /// Send one attempt in an HTTP client span (OpenTelemetry semantic attributes) whose trace
     /// context goes with the request as `traceparent`.
     async fn send(
         &self,
+        instance: &Arc<Upstream>,
         request: reqwest::RequestBuilder,
         method: &'static str,
         template: &'static str,
@@ -216,11 +317,13 @@ impl StockClient {
         );
         let mut headers = HeaderMap::new();
         service_kit::telemetry::inject_span(&span, &mut headers);
+        let _in_flight = instance.start_request();
         let result = request
             .headers(headers)
             .send()
             .instrument(span.clone())
             .await;
+        self.record(instance, result.is_ok());
         match &result {
             Ok(response) => {
                 span.record("http.response.status_code", response.status().as_u16());
@@ -244,6 +347,42 @@ impl StockClient {
             }
         }
         result
+    }
+}
+
+/// Log an instance leaving or rejoining the pool.
+fn log_change(instance: &Upstream, change: HealthChange, by: &str) {
+    match change {
+        HealthChange::Ejected => {
+            tracing::warn!(instance = %instance.base, by, "stock-service instance ejected");
+        }
+        HealthChange::Readmitted => {
+            tracing::info!(instance = %instance.base, by, "stock-service instance back");
+        }
+        HealthChange::None => {}
+    }
+}
+
+/// Probe every instance's `/healthz` every `interval`, for as long as the client lives.
+async fn check_health(
+    http: reqwest::Client,
+    pool: Arc<Pool>,
+    eject_after: u32,
+    interval: Duration,
+) {
+    loop {
+        tokio::time::sleep(interval).await;
+        let changes = upstream::check_all(pool.upstreams(), eject_after, |instance| {
+            let request = http
+                .get(format!("{}/healthz", instance.base))
+                .timeout(PROBE_TIMEOUT)
+                .send();
+            async move { request.await.is_ok_and(|r| r.status().is_success()) }
+        })
+        .await;
+        for (instance, change) in changes {
+            log_change(&instance, change, "health check");
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! Shared plumbing for the seckill services: configuration, telemetry,
-//! problem+json errors, extractors, health checks, middleware, serving, and request
-//! combining (the queues behind group deduction and grouped order claims).
+//! problem+json errors, extractors, health checks, middleware, serving, request
+//! combining (the queues behind group deduction and grouped order claims), and upstream
+//! pools with ejection (the gateway's and the order-service's).
 //!
 //! A service's `main` is typically:
 //!
@@ -32,6 +33,7 @@ pub mod postgres;
 pub mod problem;
 pub mod server;
 pub mod telemetry;
+pub mod upstream;
 
 pub use config::ServiceConfig;
 pub use problem::Problem;

@@ -87,11 +87,10 @@ impl Stock {
             let mut tenure = self.tenure(sku, segments, kept.take()).await?;
             let tokens = self.tokens(sku, segments, &tenure);
             let outcome = self
-                .hold(
-                    segments,
-                    tenure.locks(),
-                    section(tokens).instrument(db_span(operation, sku)),
-                )
+                .hold(segments, tenure.locks(), async {
+                    // Created inside `lock.hold`, so the transaction is its child.
+                    section(tokens).instrument(db_span(operation, sku)).await
+                })
                 .await;
             let valid = tenure.still_valid();
             let outcome = match outcome {

@@ -215,11 +215,15 @@ impl Shop {
             let port = testkit::free_port()?;
             let mut cmd = Command::new(&order_bin);
             common(&mut cmd, port);
-            // Order-service i talks to stock-service i; the gateway spreads the orders over
-            // the order-services, so both stock-services contend for the same locks.
-            let stock = &shop.urls.stock[(i - 1) % shop.urls.stock.len()];
+            // Every order-service talks to every stock-service (balanced, failed ones ejected),
+            // each list starting at its own instance; both stock-services contend for the
+            // same locks.
+            let n = shop.urls.stock.len();
+            let stock: Vec<&str> = (0..n)
+                .map(|k| shop.urls.stock[(i - 1 + k) % n].as_str())
+                .collect();
             cmd.env("DATABASE_URL", &orders_db)
-                .env("STOCK_URL", stock)
+                .env("STOCK_URL", stock.join(","))
                 .envs(options.order_env.iter().map(|(k, v)| (k, v)));
             let url = format!("http://127.0.0.1:{port}");
             shop.spawn(&format!("order-service-{i}"), cmd, &url)?;

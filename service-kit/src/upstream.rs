@@ -1,16 +1,30 @@
-//! Upstream instances, their health, and pools that balance over the healthy ones.
+//! Upstream instances, their health, and pools that balance over the healthy ones: the
+//! gateway's pools of services and the order-service's pool of stock-services share this.
 //!
 //! An [`Upstream`] counts consecutive failures (transport errors and timeouts seen by the
-//! proxy, failed active health checks); reaching the threshold ejects it, and any success
+//! caller, failed active health checks); reaching the threshold ejects it, and any success
 //! (a response of any status, or a 2xx health check) re-admits it. A [`Pool`] picks among
 //! the upstreams that are not ejected, round robin or by power of two choices.
+//! [`check_all`] runs one round of active health checks with the caller's own probe.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 
 use rand::Rng as _;
+use serde::Deserialize;
 
-use crate::config::Balance;
+/// How requests are spread over a pool's upstreams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    /// Each healthy upstream in turn.
+    #[default]
+    RoundRobin,
+    /// Power of two choices: of two random healthy upstreams, the one with fewer requests in
+    /// flight.
+    P2c,
+}
 
 /// One upstream instance (shared by every pool that lists its URL, and kept across reloads).
 #[derive(Debug)]
@@ -162,6 +176,41 @@ impl Pool {
             }
         }
     }
+}
+
+/// Probe every upstream once, concurrently, with `probe` (true: healthy), and record the
+/// outcomes (`threshold` consecutive failures eject). What changed, upstream by upstream, for
+/// the caller to log and count.
+pub async fn check_all<F, Fut>(
+    upstreams: &[Arc<Upstream>],
+    threshold: u32,
+    probe: F,
+) -> Vec<(Arc<Upstream>, HealthChange)>
+where
+    F: Fn(Arc<Upstream>) -> Fut,
+    Fut: Future<Output = bool> + Send + 'static,
+{
+    let mut probes = tokio::task::JoinSet::new();
+    for upstream in upstreams {
+        let up = Arc::clone(upstream);
+        let healthy = probe(Arc::clone(upstream));
+        probes.spawn(async move { (up, healthy.await) });
+    }
+    let mut changes = Vec::new();
+    while let Some(joined) = probes.join_next().await {
+        let Ok((upstream, healthy)) = joined else {
+            continue;
+        };
+        let change = if healthy {
+            upstream.record_success()
+        } else {
+            upstream.record_failure(threshold)
+        };
+        if change != HealthChange::None {
+            changes.push((upstream, change));
+        }
+    }
+    changes
 }
 
 #[cfg(test)]
