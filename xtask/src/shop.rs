@@ -21,6 +21,14 @@ use crate::services::Services;
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a service may take to exit after SIGTERM before it is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// First pause before a supervised process that died is started again; it doubles with each
+/// restart that did not last [`STABLE_AFTER`], up to [`MAX_BACKOFF`] (compose's
+/// `restart: unless-stopped` backs off the same way).
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// A process that ran this long before dying counts as having started well: the back-off
+/// starts over.
+const STABLE_AFTER: Duration = Duration::from_secs(30);
 
 /// Cargo profile the binaries are built with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,11 +146,72 @@ impl ShopUrls {
     }
 }
 
-/// One child process of the shop.
+/// One child process of the shop, and what it takes to start it again.
 struct Proc {
     name: String,
+    /// How it was started (a `Command` can spawn again; its output stays appended to `log`).
+    cmd: Command,
     child: Child,
     log: PathBuf,
+    started: Instant,
+    /// Set while it is dead and waiting to be restarted.
+    restart_at: Option<Instant>,
+    backoff: Duration,
+    restarts: u32,
+}
+
+/// What [`Shop::supervise`] did, one line each for the console.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Supervised {
+    /// A process died; it will be started again after the back-off.
+    Died {
+        /// The process.
+        name: String,
+        /// How it ended.
+        status: String,
+        /// The pause before the restart.
+        restart_in: Duration,
+    },
+    /// A process was started again.
+    Restarted {
+        /// The process.
+        name: String,
+        /// Its new pid.
+        pid: u32,
+        /// Restarts so far.
+        restarts: u32,
+    },
+    /// A restart failed to spawn; it is tried again after the back-off.
+    RestartFailed {
+        /// The process.
+        name: String,
+        /// Why.
+        error: String,
+    },
+}
+
+impl std::fmt::Display for Supervised {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Supervised::Died {
+                name,
+                status,
+                restart_in,
+            } => write!(
+                f,
+                "{name} exited ({status}); restarting it in {:.0?}",
+                restart_in
+            ),
+            Supervised::Restarted {
+                name,
+                pid,
+                restarts,
+            } => write!(f, "{name} restarted (pid {pid}, restart #{restarts})"),
+            Supervised::RestartFailed { name, error } => {
+                write!(f, "{name} could not be restarted: {error}")
+            }
+        }
+    }
 }
 
 /// The running shop; [`Shop::stop`] (or dropping it) stops every process it started.
@@ -266,8 +335,13 @@ impl Shop {
             .with_context(|| format!("starting {name} ({:?})", cmd.get_program()))?;
         self.procs.push(Proc {
             name: name.to_owned(),
+            cmd,
             child,
             log,
+            started: Instant::now(),
+            restart_at: None,
+            backoff: FIRST_BACKOFF,
+            restarts: 0,
         });
         let health = format!("{url}/healthz");
         let deadline = Instant::now() + START_TIMEOUT;
@@ -305,6 +379,58 @@ impl Shop {
             }
         }
         None
+    }
+
+    /// Keep every process running, as compose's `restart:` policy does: a process that died
+    /// is started again after a back-off (1 s, doubling up to 30 s, reset once a run lasted
+    /// 30 s), with the same command, its output appended to the same log. Call it
+    /// periodically; it returns what it did.
+    pub fn supervise(&mut self) -> Vec<Supervised> {
+        let now = Instant::now();
+        let mut events = Vec::new();
+        for proc in &mut self.procs {
+            match proc.restart_at {
+                None => {
+                    let Ok(Some(status)) = proc.child.try_wait() else {
+                        continue;
+                    };
+                    if now.duration_since(proc.started) >= STABLE_AFTER {
+                        proc.backoff = FIRST_BACKOFF;
+                    }
+                    proc.restart_at = Some(now + proc.backoff);
+                    events.push(Supervised::Died {
+                        name: proc.name.clone(),
+                        status: status.to_string(),
+                        restart_in: proc.backoff,
+                    });
+                }
+                Some(at) if now >= at => {
+                    proc.backoff = (proc.backoff * 2).min(MAX_BACKOFF);
+                    match proc.cmd.spawn() {
+                        Ok(child) => {
+                            proc.child = child;
+                            proc.started = now;
+                            proc.restart_at = None;
+                            proc.restarts += 1;
+                            events.push(Supervised::Restarted {
+                                name: proc.name.clone(),
+                                pid: proc.child.id(),
+                                restarts: proc.restarts,
+                            });
+                        }
+                        Err(err) => {
+                            proc.restart_at = Some(now + proc.backoff);
+                            events.push(Supervised::RestartFailed {
+                                name: proc.name.clone(),
+                                error: err.to_string(),
+                            });
+                        }
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+        events
     }
 
     /// The names and pids of the running processes, in start order.
@@ -441,6 +567,72 @@ pub fn tail(path: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A shop of one process that exits at once, with its log in a temporary directory.
+    fn shop_of(script: &str) -> Shop {
+        let dir = std::env::temp_dir().join(format!("xtask-supervise-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let mut shop = Shop {
+            procs: Vec::new(),
+            urls: ShopUrls {
+                gateway: String::new(),
+                gateway_metrics: String::new(),
+                stock: Vec::new(),
+                orders: Vec::new(),
+            },
+            log_dir: dir,
+            databases: [String::new(), String::new()],
+        };
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", script]);
+        let log = shop.log_dir.join("p.log");
+        let file = File::create(&log).unwrap();
+        cmd.stdout(Stdio::from(file));
+        let child = cmd.spawn().unwrap();
+        shop.procs.push(Proc {
+            name: "p".into(),
+            cmd,
+            child,
+            log,
+            started: Instant::now(),
+            restart_at: None,
+            backoff: FIRST_BACKOFF,
+            restarts: 0,
+        });
+        shop
+    }
+
+    #[test]
+    fn a_dead_process_is_restarted_after_a_growing_back_off() {
+        let mut shop = shop_of("echo run; exit 3");
+        thread::sleep(Duration::from_millis(200));
+        let died = shop.supervise();
+        assert!(
+            matches!(&died[..], [Supervised::Died { restart_in, status, .. }]
+                if *restart_in == FIRST_BACKOFF && status.contains('3')),
+            "{died:?}"
+        );
+        assert!(shop.supervise().is_empty(), "waits for the back-off");
+        thread::sleep(FIRST_BACKOFF);
+        let restarted = shop.supervise();
+        assert!(
+            matches!(&restarted[..], [Supervised::Restarted { restarts: 1, .. }]),
+            "{restarted:?}"
+        );
+        thread::sleep(Duration::from_millis(200));
+        let again = shop.supervise();
+        assert!(
+            matches!(&again[..], [Supervised::Died { restart_in, .. }] if *restart_in == FIRST_BACKOFF * 2),
+            "the back-off doubles: {again:?}"
+        );
+        let log = fs::read_to_string(&shop.procs[0].log).unwrap();
+        assert_eq!(
+            log.lines().count(),
+            2,
+            "both runs append to the log: {log:?}"
+        );
+        shop.stop();
+    }
 
     #[test]
     fn gateway_config_points_the_pools_at_the_instances() {

@@ -97,8 +97,8 @@ pub fn run(args: &UpArgs) -> anyhow::Result<ExitCode> {
     );
     let result = Shop::start(&services, &binaries, &args.options("up")?).map(|mut shop| {
         print_urls(&shop, args);
-        println!("\nCtrl-C stops everything.");
-        let code = wait_for_interrupt(&mut shop);
+        println!("\nA process that dies is restarted (back-off 1 s, doubling to 30 s); Ctrl-C stops everything.");
+        let code = supervise_until_interrupt(&mut shop);
         println!("stopping the shop ...");
         shop.stop();
         code
@@ -145,6 +145,20 @@ pub fn print_urls(shop: &Shop, args: &ShopArgs) {
         "  buyer login      POST {}/api/login {{\"user\":\"alice\"}}",
         urls.gateway
     );
+}
+
+/// Keeps every process running (restarting the ones that die, each restart logged) until
+/// Ctrl-C.
+pub fn supervise_until_interrupt(shop: &mut Shop) -> ExitCode {
+    loop {
+        if crate::interrupted() {
+            return ExitCode::SUCCESS;
+        }
+        for event in shop.supervise() {
+            eprintln!("xtask: {event}");
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// Waits until Ctrl-C (success) or until one of the processes dies (failure).
