@@ -313,14 +313,28 @@ impl IntoResponse for ApiError {
                 Problem::conflict(detail).with_type("/problems/illegal-transition"),
                 false,
             ),
-            OrderError::StockUnavailable(_) => (
-                Problem::service_unavailable(detail).with_type("/problems/stock-unavailable"),
-                true,
-            ),
-            OrderError::Unknown(_) => (
-                Problem::service_unavailable(detail).with_type("/problems/outcome-unknown"),
-                true,
-            ),
+            // The causes (addresses, transport errors) stay in the log; the client gets what
+            // it can act on.
+            OrderError::StockUnavailable(_) => {
+                tracing::warn!(error = %self.0, "order refused: stock-service unavailable");
+                (
+                    Problem::service_unavailable(
+                        "the stock-service is unavailable; nothing was ordered; retry",
+                    )
+                    .with_type("/problems/stock-unavailable"),
+                    true,
+                )
+            }
+            OrderError::Unknown(_) => {
+                tracing::warn!(error = %self.0, "order outcome unknown");
+                (
+                    Problem::service_unavailable(
+                        "the order's outcome is not known yet; retry with the same Idempotency-Key",
+                    )
+                    .with_type("/problems/outcome-unknown"),
+                    true,
+                )
+            }
             OrderError::Db(_) | OrderError::GroupDb(_) => {
                 // The database's own text stays in the log.
                 tracing::error!(error = %self.0, "order operation failed");

@@ -496,6 +496,11 @@ async fn stock_service_down_gives_503_and_leaves_nothing_half_done() {
     assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE, "{}", a.raw);
     assert_eq!(a.body["type"], "/problems/stock-unavailable");
     assert!(
+        !a.raw.contains("127.0.0.1") && !a.raw.contains("error"),
+        "no internal error text reaches the client: {}",
+        a.raw
+    );
+    assert!(
         started.elapsed() < Duration::from_secs(5),
         "a quick answer, not a hang"
     );
