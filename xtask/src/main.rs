@@ -7,6 +7,7 @@
 mod bench;
 mod bench_shop;
 mod browser;
+mod chaos;
 mod demo;
 mod outcome;
 mod services;
@@ -49,6 +50,10 @@ enum Cmd {
     /// `up`, then a flash sale with the goose load test, the audit and its verdict; the
     /// shop stays up for the dashboard until Ctrl-C (or `--no-wait`).
     Demo(demo::DemoArgs),
+    /// The shop under one real fault per scenario (kill -9, SIGSTOP past the lease, Redis
+    /// flushed or restarted empty, ...), then the books audited straight from PostgreSQL;
+    /// fails on any broken invariant (docs/reliability.md).
+    Chaos(chaos::ChaosArgs),
 }
 
 fn main() -> ExitCode {
@@ -58,6 +63,7 @@ fn main() -> ExitCode {
         Cmd::Bench(args) => bench::run(&args),
         Cmd::Up(args) => up::run(&args),
         Cmd::Demo(args) => demo::run(&args),
+        Cmd::Chaos(args) => chaos::run(&args),
     };
     match result {
         Ok(code) => code,

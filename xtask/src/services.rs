@@ -28,6 +28,12 @@ pub struct Services {
 }
 
 impl Services {
+    /// The throwaway redis-server this run started, if it started one (the chaos suite
+    /// restarts it).
+    pub fn redis_server_mut(&mut self) -> Option<&mut RedisServer> {
+        self.redis_server.as_mut()
+    }
+
     /// Picks Redis and PostgreSQL, in this order: `$REDIS_URL` / `$DATABASE_URL`
     /// when set and answering, the usual local port when it answers, else a
     /// throwaway server. With `throwaway`, always starts throwaway servers.

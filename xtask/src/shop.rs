@@ -223,6 +223,10 @@ pub struct Shop {
     pub log_dir: PathBuf,
     /// The two databases, for the printout.
     pub databases: [String; 2],
+    /// The two databases' URLs (stock, orders), with their credentials.
+    database_urls: [String; 2],
+    /// Processes the supervisor leaves dead (a chaos scenario's "not restarted").
+    left_dead: Vec<String>,
 }
 
 impl Shop {
@@ -260,6 +264,8 @@ impl Shop {
             },
             log_dir: log_dir.clone(),
             databases: [redact_db(&stock_db), redact_db(&orders_db)],
+            database_urls: [stock_db.clone(), orders_db.clone()],
+            left_dead: Vec::new(),
         };
         let key_prefix = format!("shop-{}", options.name);
         let common = |cmd: &mut Command, port: u16| {
@@ -389,6 +395,9 @@ impl Shop {
         let now = Instant::now();
         let mut events = Vec::new();
         for proc in &mut self.procs {
+            if self.left_dead.contains(&proc.name) {
+                continue;
+            }
             match proc.restart_at {
                 None => {
                     let Ok(Some(status)) = proc.child.try_wait() else {
@@ -431,6 +440,25 @@ impl Shop {
             }
         }
         events
+    }
+
+    /// Never restart process `name` (it stays dead once it died).
+    pub fn leave_dead(&mut self, name: &str) {
+        self.left_dead.push(name.to_owned());
+    }
+
+    /// The pid of process `name`, if the shop has it.
+    pub fn pid_of(&self, name: &str) -> Option<u32> {
+        self.procs
+            .iter()
+            .find(|p| p.name == name)
+            .map(|p| p.child.id())
+    }
+
+    /// The URLs of the stock and the orders database.
+    pub fn database_urls(&self) -> (String, String) {
+        let [stock, orders] = &self.database_urls;
+        (stock.clone(), orders.clone())
     }
 
     /// The names and pids of the running processes, in start order.
@@ -582,6 +610,8 @@ mod tests {
             },
             log_dir: dir,
             databases: [String::new(), String::new()],
+            database_urls: [String::new(), String::new()],
+            left_dead: Vec::new(),
         };
         let mut cmd = Command::new("sh");
         cmd.args(["-c", script]);
