@@ -311,11 +311,13 @@ pub enum WriteGuard {
     None,
     /// The version read must still be there (optimistic).
     Version(i64),
-    /// Fenced: the row must still carry the fence read, and `token` must be larger — or, for a
-    /// lock tenure that wrote already (`continuing`: a group worker keeping its lock across
-    /// groups), equal to it with the row unchanged since it was read (`version`). A holder's
-    /// first write therefore still needs a token above every fence the row has seen, so a
-    /// holder whose lock expired can never write after a newer one did.
+    /// Fenced: the row must be exactly as read (`seen` fence and `version`: nobody wrote
+    /// since), and `token` must be larger than its fence — or, for a lock tenure that wrote
+    /// already (`continuing`: a group worker keeping its lock across groups), equal to it. A
+    /// holder's first write therefore still needs a token above every fence the row has seen,
+    /// so a holder whose lock expired can never write after a newer one did. The version is
+    /// needed because a continuing write leaves the fence as it was: a check of the fence
+    /// alone would let a newer holder's write from an older read overwrite it.
     Fence {
         /// `last_fence` as read.
         seen: i64,
@@ -368,8 +370,8 @@ pub async fn write_segment(
                 continuing,
             } => sqlx::query(
                 "UPDATE stock_segments SET available = $3, last_fence = $5, version = version + 1
-                 WHERE sku = $1 AND segment = $2 AND last_fence = $4
-                   AND (last_fence < $5 OR ($7 AND last_fence = $5 AND version = $6))",
+                 WHERE sku = $1 AND segment = $2 AND last_fence = $4 AND version = $6
+                   AND (last_fence < $5 OR ($7 AND last_fence = $5))",
             )
             .bind(sku)
             .bind(segment)

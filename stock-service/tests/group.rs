@@ -389,6 +389,27 @@ async fn a_kept_lock_writes_again_with_its_token_and_a_stale_one_never_does() {
             .await
             .expect("write")
     );
+    // A newer holder read the row, then the kept tenure wrote again (fence unchanged): the
+    // newer holder's first write from that older read must be refused — its token is above
+    // the fence, but the row changed under it (a lost update otherwise).
+    let stale_read = segment_row(&mut conn, &sku).await;
+    let kept_again = store::WriteGuard::Fence {
+        seen: stale_read.last_fence,
+        version: stale_read.version,
+        token: t,
+        continuing: true,
+    };
+    assert!(
+        store::write_segment(&mut conn, &sku, 0, 7, kept_again)
+            .await
+            .expect("write")
+    );
+    assert!(
+        !store::write_segment(&mut conn, &sku, 0, 6, fence(stale_read, t + 1, false))
+            .await
+            .expect("write"),
+        "a write from a read the kept tenure overtook"
+    );
     // A newer holder writes; the kept tenure's token is now stale, continuing or not.
     let now = segment_row(&mut conn, &sku).await;
     assert!(
