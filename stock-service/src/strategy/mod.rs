@@ -17,6 +17,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use concurrency::Concurrency;
+use fenced::Fenced;
 
 /// How an instance keeps concurrent deductions of one item from overselling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -75,9 +76,9 @@ impl Strategy {
             Strategy::Naive => Arc::new(naive::Naive),
             Strategy::DbPessimistic => Arc::new(db_pessimistic::DbPessimistic),
             Strategy::DbOptimistic => Arc::new(db_optimistic::DbOptimistic),
-            Strategy::RedisLock => Arc::new(redis_lock::RedisLock),
-            Strategy::Segmented => Arc::new(segmented::Segmented),
-            Strategy::Redlock => Arc::new(redlock::Redlock),
+            Strategy::RedisLock => Arc::new(Fenced(redis_lock::RedisLock)),
+            Strategy::Segmented => Arc::new(Fenced(segmented::Segmented)),
+            Strategy::Redlock => Arc::new(Fenced(redlock::Redlock)),
             Strategy::RedisAtomic => Arc::new(redis_atomic::RedisAtomic),
         }
     }

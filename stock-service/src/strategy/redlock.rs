@@ -7,11 +7,9 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 
 use super::Strategy;
-use super::concurrency::{Concurrency, Next, Refused};
-use super::fenced;
+use super::fenced::FencedLock;
 use crate::engine::{Stock, StockError};
 use crate::locking::Held;
-use crate::store::{SegmentRow, WriteGuard};
 
 /// RedLock's lease when `LOCK_LEASE_MS` is not set: it has no watchdog.
 const DEFAULT_LEASE: Duration = Duration::from_secs(5);
@@ -20,15 +18,14 @@ const DEFAULT_LEASE: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 pub(crate) struct Redlock;
 
-impl Concurrency for Redlock {
+impl FencedLock for Redlock {
     fn strategy(&self) -> Strategy {
         Strategy::Redlock
     }
 
-    fn lock_name(&self, stock: &Stock, sku: &str, segment: i32) -> Option<String> {
-        Some(stock.segment_lock(sku, segment))
+    fn lock_name(&self, stock: &Stock, sku: &str, segment: i32) -> String {
+        stock.segment_lock(sku, segment)
     }
-
     fn acquire<'a>(
         &'a self,
         stock: &'a Stock,
@@ -72,18 +69,5 @@ impl Concurrency for Redlock {
             }
             Ok(())
         })
-    }
-
-    fn write_guard(
-        &self,
-        row: &SegmentRow,
-        token: Option<i64>,
-        continuing: bool,
-    ) -> Result<WriteGuard, StockError> {
-        fenced::write_guard(row, token, continuing)
-    }
-
-    fn after_refusal(&self, stock: &Stock, refused: &Refused) -> Next {
-        fenced::after_refusal(stock, refused)
     }
 }
