@@ -231,7 +231,22 @@ impl PostgresServer {
     }
 
     /// Stops the postmaster if it runs and reaps it. Idempotent.
+    /// Restart the server on the same port with its data: a fast shutdown (every client
+    /// connection is cut, open transactions roll back, everything committed is written out),
+    /// then a new postmaster. Returns once it accepts connections again.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop_with("fast");
+        let log_offset = util::file_len(&self.log_path());
+        self.spawn_and_wait(log_offset)
+            .with_context(|| format!("restarting PostgreSQL on port {}", self.port))
+    }
+
     fn stop(&mut self) {
+        self.stop_with("immediate");
+    }
+
+    /// Stop the postmaster with `pg_ctl stop -m <mode>` (killing it if that fails).
+    fn stop_with(&mut self, mode: &str) {
         let Some(mut child) = self.child.take() else {
             return;
         };
@@ -241,7 +256,7 @@ impl PostgresServer {
                 .arg("stop")
                 .arg("-D")
                 .arg(self.data_dir())
-                .args(["-m", "immediate", "-w", "-t", "10"])
+                .args(["-m", mode, "-w", "-t", "10"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status()

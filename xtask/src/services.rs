@@ -34,6 +34,12 @@ impl Services {
         self.redis_server.as_mut()
     }
 
+    /// The throwaway PostgreSQL this run started, if it started one (the chaos suite
+    /// restarts it).
+    pub fn postgres_server_mut(&mut self) -> Option<&mut PostgresServer> {
+        self.postgres_server.as_mut()
+    }
+
     /// Picks Redis and PostgreSQL, in this order: `$REDIS_URL` / `$DATABASE_URL`
     /// when set and answering, the usual local port when it answers, else a
     /// throwaway server. With `throwaway`, always starts throwaway servers.

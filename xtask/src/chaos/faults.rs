@@ -28,6 +28,9 @@ pub enum Fault {
     RedisFlush,
     /// The shop's Redis killed and started again, empty, on the same port.
     RedisRestartedEmpty,
+    /// The shop's PostgreSQL restarted (fast shutdown: connections cut, open transactions
+    /// rolled back, nothing committed lost) on the same port.
+    PostgresRestarted,
 }
 
 impl Fault {
@@ -42,6 +45,7 @@ impl Fault {
             }
             Fault::RedisFlush => "Redis FLUSHALL".into(),
             Fault::RedisRestartedEmpty => "Redis restarted empty".into(),
+            Fault::PostgresRestarted => "PostgreSQL restarted".into(),
         }
     }
 
@@ -70,6 +74,10 @@ impl Fault {
             Fault::RedisRestartedEmpty => services
                 .redis_server_mut()
                 .context("the chaos suite needs its own throwaway Redis")?
+                .restart(),
+            Fault::PostgresRestarted => services
+                .postgres_server_mut()
+                .context("the chaos suite needs its own throwaway PostgreSQL")?
                 .restart(),
         }
     }

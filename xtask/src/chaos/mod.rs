@@ -85,6 +85,7 @@ fn scenarios() -> Vec<Fault> {
         Fault::Kill { process: "gateway" },
         Fault::RedisFlush,
         Fault::RedisRestartedEmpty,
+        Fault::PostgresRestarted,
     ]
 }
 
