@@ -328,6 +328,7 @@ fn shop_options(case: &Case, dir: &Path, i: usize) -> anyhow::Result<ShopOptions
         name: "bench".into(),
         run_dir: dir.join(format!("shop-{:02}", i + 1)),
         log_filter: "warn".into(),
+        redis_url: None,
     })
 }
 

@@ -119,6 +119,9 @@ pub struct ShopOptions {
     pub run_dir: PathBuf,
     /// `RUST_LOG` of the services.
     pub log_filter: String,
+    /// The services' Redis when not the one [`Services`] found (the chaos suite's replicated
+    /// Redis behind its proxy).
+    pub redis_url: Option<String>,
 }
 
 /// Where the running shop answers.
@@ -268,10 +271,14 @@ impl Shop {
             left_dead: Vec::new(),
         };
         let key_prefix = format!("shop-{}", options.name);
+        let redis_url = options
+            .redis_url
+            .clone()
+            .unwrap_or_else(|| services.redis_url.clone());
         let common = |cmd: &mut Command, port: u16| {
             cmd.env("BIND_ADDR", format!("127.0.0.1:{port}"))
                 .env("RUST_LOG", &options.log_filter)
-                .env("REDIS_URL", &services.redis_url)
+                .env("REDIS_URL", &redis_url)
                 .env("STOCK_KEY_PREFIX", &key_prefix);
         };
 

@@ -56,6 +56,7 @@ impl ShopArgs {
             name: name.to_owned(),
             run_dir: run_dir(name)?,
             log_filter: self.log.clone(),
+            redis_url: None,
         })
     }
 }

@@ -1,10 +1,14 @@
 //! The faults `cargo xtask chaos` injects, one per scenario, into the running shop.
 
+use std::net::SocketAddr;
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::thread;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use testkit::RedisServer;
 
+use super::proxy::Proxy;
 use crate::services::Services;
 use crate::shop::Shop;
 
@@ -31,6 +35,10 @@ pub enum Fault {
     /// The shop's PostgreSQL restarted (fast shutdown: connections cut, open transactions
     /// rolled back, nothing committed lost) on the same port.
     PostgresRestarted,
+    /// The shop's Redis is a primary with a replica behind an address the suite controls;
+    /// the primary is killed, the replica promoted (`REPLICAOF NO ONE`) and the address
+    /// pointed at it. Whatever the primary had not yet replicated is gone.
+    RedisFailover,
 }
 
 impl Fault {
@@ -46,6 +54,7 @@ impl Fault {
             Fault::RedisFlush => "Redis FLUSHALL".into(),
             Fault::RedisRestartedEmpty => "Redis restarted empty".into(),
             Fault::PostgresRestarted => "PostgreSQL restarted".into(),
+            Fault::RedisFailover => "Redis primary killed, replica promoted".into(),
         }
     }
 
@@ -57,9 +66,22 @@ impl Fault {
         }
     }
 
+    /// Whether the scenario needs a replicated Redis ([`Replicated`]) for its shop.
+    pub fn needs_replica(self) -> bool {
+        self == Fault::RedisFailover
+    }
+
     /// Inject the fault (a pause: stop the process; [`Fault::end`] continues it).
-    pub fn start(self, shop: &Shop, services: &mut Services) -> anyhow::Result<()> {
+    pub fn start(
+        self,
+        shop: &Shop,
+        services: &mut Services,
+        replicated: Option<&mut Replicated>,
+    ) -> anyhow::Result<()> {
         match self {
+            Fault::RedisFailover => replicated
+                .context("the failover scenario runs on a replicated Redis")?
+                .fail_over(),
             Fault::None => Ok(()),
             Fault::Kill { process } | Fault::KillForGood { process } => {
                 signal(shop, process, "-KILL")
@@ -110,4 +132,64 @@ pub fn signal(shop: &Shop, name: &str, signal: &str) -> anyhow::Result<()> {
         bail!("kill {signal} {pid} ({name}) failed");
     }
     Ok(())
+}
+
+/// A Redis primary and its replica behind a [`Proxy`]: the shop connects to the proxy.
+pub struct Replicated {
+    primary: RedisServer,
+    replica: RedisServer,
+    proxy: Proxy,
+}
+
+impl Replicated {
+    /// Start the primary, its replica (waiting until the replication link is up) and the
+    /// proxy in front of the primary.
+    pub fn start() -> anyhow::Result<Replicated> {
+        let primary = RedisServer::start()?;
+        let port = primary.port().to_string();
+        let replica = RedisServer::start_with_args(&["--replicaof", "127.0.0.1", &port])?;
+        wait_for_link(&replica)?;
+        let proxy = Proxy::start(SocketAddr::from(([127, 0, 0, 1], primary.port())))?;
+        Ok(Replicated {
+            primary,
+            replica,
+            proxy,
+        })
+    }
+
+    /// Where the shop finds "the primary".
+    pub fn url(&self) -> String {
+        self.proxy.redis_url()
+    }
+
+    /// Kill the primary, promote the replica, point the proxy at it.
+    fn fail_over(&mut self) -> anyhow::Result<()> {
+        self.primary.kill();
+        let client = redis::Client::open(self.replica.url())?;
+        let mut conn = client.get_connection()?;
+        redis::cmd("REPLICAOF")
+            .arg("NO")
+            .arg("ONE")
+            .exec(&mut conn)?;
+        self.proxy
+            .switch(SocketAddr::from(([127, 0, 0, 1], self.replica.port())));
+        Ok(())
+    }
+}
+
+/// Wait until `replica` reports its link to the primary up (10 s at most).
+fn wait_for_link(replica: &RedisServer) -> anyhow::Result<()> {
+    let client = redis::Client::open(replica.url())?;
+    let mut conn = client.get_connection()?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let info: String = redis::cmd("INFO").arg("replication").query(&mut conn)?;
+        if info.contains("master_link_status:up") {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the Redis replica never linked up with its primary:\n{info}");
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
 }

@@ -12,6 +12,7 @@
 mod audit;
 mod buyers;
 mod faults;
+mod proxy;
 
 use std::process::ExitCode;
 use std::thread;
@@ -23,7 +24,7 @@ use serde_json::json;
 
 use crate::services::Services;
 use crate::shop::{self, Profile, Shop, ShopOptions};
-use faults::Fault;
+use faults::{Fault, Replicated};
 
 /// The order-services' ownership lease in the chaos shop (short, so a pause outlives it).
 const ORDER_LEASE_MS: &str = "3000";
@@ -86,6 +87,7 @@ fn scenarios() -> Vec<Fault> {
         Fault::RedisFlush,
         Fault::RedisRestartedEmpty,
         Fault::PostgresRestarted,
+        Fault::RedisFailover,
     ]
 }
 
@@ -159,7 +161,7 @@ pub fn run(args: &ChaosArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn options(args: &ChaosArgs, n: usize) -> anyhow::Result<ShopOptions> {
+fn options(args: &ChaosArgs, n: usize, redis_url: Option<String>) -> anyhow::Result<ShopOptions> {
     let name = format!("chaos{n}");
     Ok(ShopOptions {
         gateway_port: 0,
@@ -175,6 +177,7 @@ fn options(args: &ChaosArgs, n: usize) -> anyhow::Result<ShopOptions> {
         run_dir: crate::up::run_dir(&name)?,
         name,
         log_filter: "warn".into(),
+        redis_url,
     })
 }
 
@@ -186,7 +189,12 @@ fn scenario(
     n: usize,
     fault: Fault,
 ) -> anyhow::Result<Row> {
-    let options = options(args, n)?;
+    let mut replicated = if fault.needs_replica() {
+        Some(Replicated::start()?)
+    } else {
+        None
+    };
+    let options = options(args, n, replicated.as_ref().map(Replicated::url))?;
     let mut shop = Shop::start(services, binaries, &options)?;
     if let Some(name) = fault.keeps_dead() {
         shop.leave_dead(name);
@@ -212,7 +220,14 @@ fn scenario(
     let (tally, sale_time) = thread::scope(|scope| -> anyhow::Result<_> {
         let started = Instant::now();
         let sold = scope.spawn(|| buyers::run(&sale));
-        let faulted = drive(&mut shop, services, fault, started, || sold.is_finished());
+        let faulted = drive(
+            &mut shop,
+            services,
+            replicated.as_mut(),
+            fault,
+            started,
+            || sold.is_finished(),
+        );
         let tally = sold
             .join()
             .map_err(|_| anyhow::anyhow!("the sale panicked"))?;
@@ -257,6 +272,7 @@ fn scenario(
 fn drive(
     shop: &mut Shop,
     services: &mut Services,
+    mut replicated: Option<&mut Replicated>,
     fault: Fault,
     started: Instant,
     done: impl Fn() -> bool,
@@ -265,7 +281,7 @@ fn drive(
     let mut ends_at: Option<Instant> = None;
     while !done() {
         if !injected && started.elapsed() >= FAULT_AFTER {
-            fault.start(shop, services)?;
+            fault.start(shop, services, replicated.as_deref_mut())?;
             injected = true;
             ends_at = fault.lasts().map(|d| Instant::now() + d);
         }
