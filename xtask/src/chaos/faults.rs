@@ -39,6 +39,9 @@ pub enum Fault {
     /// the primary is killed, the replica promoted (`REPLICAOF NO ONE`) and the address
     /// pointed at it. Whatever the primary had not yet replicated is gone.
     RedisFailover,
+    /// The shop runs `redlock` over five masters (started by the suite); two are killed.
+    /// A majority (three) still answers.
+    RedlockMastersKilled,
 }
 
 impl Fault {
@@ -55,6 +58,7 @@ impl Fault {
             Fault::RedisRestartedEmpty => "Redis restarted empty".into(),
             Fault::PostgresRestarted => "PostgreSQL restarted".into(),
             Fault::RedisFailover => "Redis primary killed, replica promoted".into(),
+            Fault::RedlockMastersKilled => "redlock: 2 of 5 masters killed".into(),
         }
     }
 
@@ -71,14 +75,30 @@ impl Fault {
         self == Fault::RedisFailover
     }
 
+    /// How many RedLock masters the scenario's shop needs (its strategy is then `redlock`).
+    pub fn redlock_masters(self) -> usize {
+        if self == Fault::RedlockMastersKilled {
+            5
+        } else {
+            0
+        }
+    }
+
     /// Inject the fault (a pause: stop the process; [`Fault::end`] continues it).
     pub fn start(
         self,
         shop: &Shop,
         services: &mut Services,
         replicated: Option<&mut Replicated>,
+        masters: &mut [RedisServer],
     ) -> anyhow::Result<()> {
         match self {
+            Fault::RedlockMastersKilled => {
+                for m in masters.iter_mut().take(2) {
+                    m.kill();
+                }
+                Ok(())
+            }
             Fault::RedisFailover => replicated
                 .context("the failover scenario runs on a replicated Redis")?
                 .fail_over(),

@@ -88,6 +88,7 @@ fn scenarios() -> Vec<Fault> {
         Fault::RedisRestartedEmpty,
         Fault::PostgresRestarted,
         Fault::RedisFailover,
+        Fault::RedlockMastersKilled,
     ]
 }
 
@@ -194,7 +195,17 @@ fn scenario(
     } else {
         None
     };
-    let options = options(args, n, replicated.as_ref().map(Replicated::url))?;
+    let mut masters = (0..fault.redlock_masters())
+        .map(|_| testkit::RedisServer::start())
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut options = options(args, n, replicated.as_ref().map(Replicated::url))?;
+    if !masters.is_empty() {
+        let urls: Vec<String> = masters.iter().map(testkit::RedisServer::url).collect();
+        options.strategy = "redlock".into();
+        options
+            .stock_env
+            .push(("REDLOCK_URLS".into(), urls.join(",")));
+    }
     let mut shop = Shop::start(services, binaries, &options)?;
     if let Some(name) = fault.keeps_dead() {
         shop.leave_dead(name);
@@ -224,6 +235,7 @@ fn scenario(
             &mut shop,
             services,
             replicated.as_mut(),
+            &mut masters,
             fault,
             started,
             || sold.is_finished(),
@@ -273,6 +285,7 @@ fn drive(
     shop: &mut Shop,
     services: &mut Services,
     mut replicated: Option<&mut Replicated>,
+    masters: &mut [testkit::RedisServer],
     fault: Fault,
     started: Instant,
     done: impl Fn() -> bool,
@@ -281,7 +294,7 @@ fn drive(
     let mut ends_at: Option<Instant> = None;
     while !done() {
         if !injected && started.elapsed() >= FAULT_AFTER {
-            fault.start(shop, services, replicated.as_deref_mut())?;
+            fault.start(shop, services, replicated.as_deref_mut(), masters)?;
             injected = true;
             ends_at = fault.lasts().map(|d| Instant::now() + d);
         }
