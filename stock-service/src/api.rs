@@ -47,6 +47,17 @@ pub struct ReleaseRequest {
     pub order_id: String,
 }
 
+/// Body of `POST /stock/{sku}/restocks`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RestockRequest {
+    /// The admin's id for this restock (1-128 of letters, digits, '-', '_', '.', ':'): a
+    /// retry with the same id adds nothing twice.
+    pub restock_id: String,
+    /// Units to add (1 to 1 000 000 000), spread evenly over the item's segments.
+    pub units: i64,
+}
+
 /// The routes, on a shared [`Stock`].
 pub fn routes(stock: Stock) -> Router {
     Router::new()
@@ -54,6 +65,7 @@ pub fn routes(stock: Stock) -> Router {
         .route("/stock/{sku}/deductions", post(deduct))
         .route("/stock/{sku}/deductions/{order_id}", get(deduction))
         .route("/stock/{sku}/releases", post(release))
+        .route("/stock/{sku}/restocks", post(restock))
         .route("/stock/{sku}/audit", get(audit))
         .route("/openapi.json", get(openapi))
         // Behind an Arc: axum clones the state for every request, and the engine is large.
@@ -121,6 +133,23 @@ async fn release(
     Ok(Json(stock.release(&sku, &body.order_id).await?))
 }
 
+/// Add units to a live item without a reset (admin; idempotent per restock id).
+#[utoipa::path(post, path = "/stock/{sku}/restocks", request_body = RestockRequest, params(("sku" = String, Path)),
+    responses((status = 200, description = "What was added to which segments", body = StockChange),
+              (status = 404, description = "Unknown item", content_type = "application/problem+json"),
+              (status = 409, description = "The restock id was used for another item, or the item was reset meanwhile", content_type = "application/problem+json"),
+              (status = 422, description = "Bad units or restock id", content_type = "application/problem+json"),
+              (status = 503, description = "Lock busy or lost; retry with the same restock id", content_type = "application/problem+json")))]
+async fn restock(
+    State(stock): State<Arc<Stock>>,
+    Path(sku): Path<String>,
+    Json(body): Json<RestockRequest>,
+) -> Result<Json<StockChange>, ApiError> {
+    Ok(Json(
+        stock.restock(&sku, &body.restock_id, body.units).await?,
+    ))
+}
+
 /// Do the books balance? `initial = available + deducted - released`, per segment and overall.
 #[utoipa::path(get, path = "/stock/{sku}/audit", params(("sku" = String, Path)),
     responses((status = 200, description = "The audit; `ok` says whether it passed", body = Audit),
@@ -143,11 +172,12 @@ async fn audit(
         title = "stock-service",
         description = "Flash-sale stock: segmented, locked, fenced deductions"
     ),
-    paths(reset, item, deduct, deduction, release, audit),
+    paths(reset, item, deduct, deduction, release, restock, audit),
     components(schemas(
         ResetRequest,
         DeductRequest,
         ReleaseRequest,
+        RestockRequest,
         ItemStock,
         StockChange,
         Audit
@@ -197,6 +227,9 @@ impl IntoResponse for ApiError {
                 .with_extension("available", *available),
             StockError::OrderConflict { .. } => {
                 Problem::conflict(detail).with_type(problem_type("order-id-reused"))
+            }
+            StockError::RestockIdReused { .. } => {
+                Problem::conflict(detail).with_type(problem_type("restock-id-reused"))
             }
             StockError::ResetSince(_) => {
                 Problem::conflict(detail).with_type(problem_type("item-reset"))

@@ -20,7 +20,7 @@ use crate::metrics::{OversoldWatch, StockMetrics};
 use crate::shape::ShapeCache;
 use crate::store::{self, ItemStock, Movement, MovementKind, Part, SegmentRow};
 use crate::strategy::Strategy;
-use crate::strategy::concurrency::{Concurrency, Deduction, Released};
+use crate::strategy::concurrency::{Applied, Concurrency, Deduction};
 
 /// Largest quantity one deduction may ask for.
 pub const MAX_QTY: i64 = 10_000;
@@ -80,6 +80,7 @@ pub(crate) enum Rmw {
 enum Op {
     Deduct(i64),
     Release(Vec<Part>),
+    Restock(Vec<Part>),
 }
 
 /// The stock engine of one service instance.
@@ -507,13 +508,97 @@ impl Stock {
             .release(self, &deduction, generation)
             .await?
         {
-            Released::Now(movement) => movement,
-            Released::Already(movement) => return Ok(StockChange::from_movement(movement, true)),
+            Applied::Now(movement) => movement,
+            Applied::Already(movement) => return Ok(StockChange::from_movement(movement, true)),
         };
         self.oversold.touch(sku);
         self.cache.restocked(sku).await?;
         self.metrics.outcome(self.strategy(), "released");
         Ok(StockChange::from_movement(movement, false))
+    }
+
+    /// Add `units` to `sku` without a reset: spread over its segments (evenly, the remainder to
+    /// the first ones), its generation and ledger kept, its sold-out flags cleared everywhere.
+    /// Idempotent per `restock_id`: a repeat returns the first result and adds nothing.
+    pub async fn restock(
+        &self,
+        sku: &str,
+        restock_id: &str,
+        units: i64,
+    ) -> Result<StockChange, StockError> {
+        validate_sku(sku)?;
+        if !valid_id(restock_id, 128, b"-_.:") {
+            return Err(StockError::Invalid(
+                "restock_id must be 1-128 of letters, digits, '-', '_', '.', ':'".into(),
+            ));
+        }
+        if !(1..=MAX_TOTAL).contains(&units) {
+            return Err(StockError::Invalid(format!(
+                "units must be between 1 and {MAX_TOTAL}"
+            )));
+        }
+        let mut conn = self.pool.acquire().await?;
+        if let Some(done) = store::movement(&mut conn, restock_id, MovementKind::Restock).await? {
+            return self.replay_restock(sku, done);
+        }
+        let (generation, segments) = store::item_shape(&mut conn, sku)
+            .await?
+            .ok_or_else(|| StockError::NotFound(sku.to_owned()))?;
+        drop(conn);
+        let parts = spread(units, segments);
+        let movement = match self
+            .concurrency
+            .restock(self, sku, restock_id, &parts, generation)
+            .await?
+        {
+            Applied::Now(movement) => movement,
+            Applied::Already(movement) => return self.replay_restock(sku, movement),
+        };
+        self.oversold.touch(sku);
+        self.cache.restocked(sku).await?;
+        self.metrics.outcome(self.strategy(), "restocked");
+        Ok(StockChange::from_movement(movement, false))
+    }
+
+    /// A restock id used before: its first result, if it was for this item.
+    fn replay_restock(&self, sku: &str, done: Movement) -> Result<StockChange, StockError> {
+        if done.sku != sku {
+            return Err(StockError::RestockIdReused {
+                restock_id: done.order_id,
+                other: done.sku,
+            });
+        }
+        Ok(StockChange::from_movement(done, true))
+    }
+
+    /// The lock strategies' restock: the parts added under the locks of their segments, in
+    /// one read-modify-write.
+    pub(crate) async fn restock_locked(
+        &self,
+        sku: &str,
+        restock_id: &str,
+        parts: &[Part],
+        generation: i64,
+    ) -> Result<Applied, StockError> {
+        let segments: Vec<i32> = parts.iter().map(|p| p.segment).collect();
+        let op = Op::Restock(parts.to_vec());
+        match self
+            .attempt_one(&op, sku, generation, &segments, restock_id)
+            .await?
+        {
+            Rmw::Done { movement, after } => {
+                self.written(sku, &after).await;
+                Ok(Applied::Now(movement))
+            }
+            Rmw::Duplicate => {
+                let mut conn = self.pool.acquire().await?;
+                store::movement(&mut conn, restock_id, MovementKind::Restock)
+                    .await?
+                    .map(Applied::Already)
+                    .ok_or(StockError::Conflict)
+            }
+            Rmw::Insufficient(_) | Rmw::Rejected { .. } => Err(StockError::Conflict),
+        }
     }
 
     /// The lock strategies' release: the deduction's parts added back under the locks of its
@@ -522,7 +607,7 @@ impl Stock {
         &self,
         deduction: &Movement,
         generation: i64,
-    ) -> Result<Released, StockError> {
+    ) -> Result<Applied, StockError> {
         let sku = deduction.sku.as_str();
         let order_id = deduction.order_id.as_str();
         let segments: Vec<i32> = deduction.parts.iter().map(|p| p.segment).collect();
@@ -534,13 +619,13 @@ impl Stock {
             Rmw::Done { movement, after } => {
                 self.cache.set_availability(sku, &after).await;
                 self.metrics.segment_levels(sku, &after);
-                Ok(Released::Now(movement))
+                Ok(Applied::Now(movement))
             }
             Rmw::Duplicate => {
                 let mut conn = self.pool.acquire().await?;
                 store::movement(&mut conn, order_id, MovementKind::Release)
                     .await?
-                    .map(Released::Already)
+                    .map(Applied::Already)
                     .ok_or(StockError::Conflict)
             }
             Rmw::Insufficient(_) | Rmw::Rejected { .. } => Err(StockError::Conflict),
@@ -559,6 +644,7 @@ impl Stock {
         let operation = match op {
             Op::Deduct(_) => "deduct",
             Op::Release(_) => "release",
+            Op::Restock(_) => "restock",
         };
         self.attempt(sku, segments, operation, move |tokens| {
             self.rmw(op, sku, generation, segments, order_id, tokens)
@@ -630,6 +716,7 @@ impl Stock {
                 None => return Ok(Rmw::Insufficient(seen)),
             },
             Op::Release(parts) => (MovementKind::Release, parts.clone(), 1),
+            Op::Restock(parts) => (MovementKind::Restock, parts.clone(), 1),
         };
         self.rmw_pause().await;
         let mut after = Vec::with_capacity(parts.len());
@@ -647,6 +734,12 @@ impl Stock {
                 return Ok(Rmw::Rejected { row: *row, token });
             }
             after.push((row.segment, value));
+        }
+        if kind == MovementKind::Restock
+            && !store::record_restock(&mut tx, sku, generation, &parts).await?
+        {
+            tx.rollback().await?;
+            return Err(StockError::ResetSince(sku.to_owned()));
         }
         let movement = Movement {
             order_id: order_id.to_owned(),
@@ -683,6 +776,19 @@ pub(crate) async fn commit_movement(
     }
     tx.commit().await?;
     Ok(true)
+}
+
+/// `units` spread over `segments` segments: evenly, the remainder one each to the first ones;
+/// segments that get nothing are left out.
+fn spread(units: i64, segments: i32) -> Vec<Part> {
+    let n = i64::from(segments.max(1));
+    (0..segments.max(1))
+        .map(|segment| Part {
+            segment,
+            qty: units / n + i64::from(i64::from(segment) < units % n),
+        })
+        .filter(|p| p.qty > 0)
+        .collect()
 }
 
 /// Which segments give how much: one segment when one covers `qty`, else greedily in segment

@@ -43,6 +43,14 @@ pub enum StockError {
         /// The item it was used for.
         other: String,
     },
+    /// The restock id was already used for another item.
+    #[error("restock {restock_id:?} was for item {other:?}")]
+    RestockIdReused {
+        /// The restock.
+        restock_id: String,
+        /// The item it was for.
+        other: String,
+    },
     /// The item was reset after the order's deduction; its stock cannot go back.
     #[error("item {0:?} was reset after this order's deduction")]
     ResetSince(String),

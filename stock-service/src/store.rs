@@ -41,6 +41,8 @@ pub enum MovementKind {
     Deduct,
     /// Stock put back for an order.
     Release,
+    /// Units added to the item by an admin (keyed by the restock id).
+    Restock,
 }
 
 impl MovementKind {
@@ -48,6 +50,7 @@ impl MovementKind {
         match self {
             MovementKind::Deduct => "deduct",
             MovementKind::Release => "release",
+            MovementKind::Restock => "restock",
         }
     }
 }
@@ -227,6 +230,43 @@ pub async fn group_segment(
             )
         }),
     )
+}
+
+/// A restock's bookkeeping beside the segment writes: the segment's `initial` (units it was
+/// given) and the item's `total` grow by what was added, in the restocking transaction. False
+/// when the item is no longer at `generation` (reset meanwhile).
+pub async fn record_restock(
+    conn: &mut PgConnection,
+    sku: &str,
+    generation: i64,
+    parts: &[Part],
+) -> sqlx::Result<bool> {
+    let segments: Vec<i32> = parts.iter().map(|p| p.segment).collect();
+    let units: Vec<i64> = parts.iter().map(|p| p.qty).collect();
+    let total: i64 = units.iter().sum();
+    let item = sqlx::query(
+        "UPDATE items SET total = total + $3, updated_at = now()
+         WHERE sku = $1 AND generation = $2",
+    )
+    .bind(sku)
+    .bind(generation)
+    .bind(total)
+    .execute(&mut *conn)
+    .await?;
+    if item.rows_affected() != 1 {
+        return Ok(false);
+    }
+    sqlx::query(
+        "UPDATE stock_segments s SET initial = s.initial + p.qty
+         FROM UNNEST($2::int[], $3::bigint[]) AS p(segment, qty)
+         WHERE s.sku = $1 AND s.segment = p.segment",
+    )
+    .bind(sku)
+    .bind(&segments)
+    .bind(&units)
+    .execute(&mut *conn)
+    .await?;
+    Ok(true)
 }
 
 /// Generation and segment count of an item.

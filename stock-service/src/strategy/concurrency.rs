@@ -11,7 +11,7 @@ use futures_util::future::BoxFuture;
 use crate::engine::{Rmw, Stock, StockChange, StockError};
 use crate::group::Want;
 use crate::locking::{Held, Kept};
-use crate::store::{Movement, SegmentRow, WriteGuard};
+use crate::store::{Movement, Part, SegmentRow, WriteGuard};
 use crate::strategy::Strategy;
 
 /// One deduction as the engine hands it to the strategy's path, after validation, the
@@ -28,12 +28,12 @@ pub(crate) struct Deduction<'a> {
     pub(crate) generation: Option<i64>,
 }
 
-/// What a release did.
+/// What a release or a restock did.
 #[derive(Debug)]
-pub(crate) enum Released {
-    /// Units went back now.
+pub(crate) enum Applied {
+    /// Units went back (or in) now.
     Now(Movement),
-    /// A concurrent release of the same order won; its record.
+    /// A concurrent request with the same id won; its record.
     Already(Movement),
 }
 
@@ -145,8 +145,21 @@ pub(crate) trait Concurrency: Send + Sync + fmt::Debug {
         stock: &'a Stock,
         deduction: &'a Movement,
         generation: i64,
-    ) -> BoxFuture<'a, Result<Released, StockError>> {
+    ) -> BoxFuture<'a, Result<Applied, StockError>> {
         Box::pin(stock.release_locked(deduction, generation))
+    }
+
+    /// Add `parts` to the item's segments for the restock `restock_id` (the item's current
+    /// `generation`): by default a read-modify-write under the locks of those segments.
+    fn restock<'a>(
+        &'a self,
+        stock: &'a Stock,
+        sku: &'a str,
+        restock_id: &'a str,
+        parts: &'a [Part],
+        generation: i64,
+    ) -> BoxFuture<'a, Result<Applied, StockError>> {
+        Box::pin(stock.restock_locked(sku, restock_id, parts, generation))
     }
 
     /// Apply one group of combined deductions of `segment`; one outcome per request. By

@@ -15,7 +15,7 @@ use crate::group::Want;
 use crate::locking::Kept;
 use crate::store::{self, Movement, MovementKind, Part};
 use crate::strategy::Strategy;
-use crate::strategy::concurrency::{Concurrency, Deduction, Released};
+use crate::strategy::concurrency::{Applied, Concurrency, Deduction};
 
 /// Rounds of redis-atomic's take-then-write before answering 503.
 const ATOMIC_ROUNDS: usize = 5;
@@ -42,11 +42,27 @@ impl Concurrency for RedisAtomic {
         stock: &'a Stock,
         deduction: &'a Movement,
         _generation: i64,
-    ) -> BoxFuture<'a, Result<Released, StockError>> {
+    ) -> BoxFuture<'a, Result<Applied, StockError>> {
         Box::pin(async move {
             stock
                 .release_atomic(&deduction.sku, deduction)
                 .instrument(db_span("release", &deduction.sku))
+                .await
+        })
+    }
+
+    fn restock<'a>(
+        &'a self,
+        stock: &'a Stock,
+        sku: &'a str,
+        restock_id: &'a str,
+        parts: &'a [Part],
+        generation: i64,
+    ) -> BoxFuture<'a, Result<Applied, StockError>> {
+        Box::pin(async move {
+            stock
+                .restock_atomic(sku, restock_id, parts, generation)
+                .instrument(db_span("restock", sku))
                 .await
         })
     }
@@ -199,13 +215,51 @@ impl Stock {
         Ok(Rmw::Done { movement, after })
     }
 
-    /// Put the units back in PostgreSQL (an unconditional increment and the release row, one
-    /// transaction), then in Redis.
-    async fn release_atomic(
+    /// Add the units in PostgreSQL (unconditional increments, the segments' `initial` and the
+    /// item's `total`, the restock row, one transaction), then to the Redis counters.
+    async fn restock_atomic(
         &self,
         sku: &str,
-        deduction: &Movement,
-    ) -> Result<Released, StockError> {
+        restock_id: &str,
+        parts: &[Part],
+        generation: i64,
+    ) -> Result<Applied, StockError> {
+        let mut tx = self.pool.begin().await?;
+        let mut after = Vec::with_capacity(parts.len());
+        for p in parts {
+            let value = store::add_to_segment(&mut tx, sku, p.segment, p.qty)
+                .await?
+                .ok_or(StockError::Conflict)?;
+            after.push((p.segment, value));
+        }
+        if !store::record_restock(&mut tx, sku, generation, parts).await? {
+            tx.rollback().await?;
+            return Err(StockError::ResetSince(sku.to_owned()));
+        }
+        let movement = Movement {
+            order_id: restock_id.to_owned(),
+            sku: sku.to_owned(),
+            qty: parts.iter().map(|p| p.qty).sum(),
+            parts: parts.to_vec(),
+            strategy: Strategy::RedisAtomic.as_str().to_owned(),
+            generation,
+        };
+        if !commit_movement(tx, MovementKind::Restock, &movement, Strategy::RedisAtomic).await? {
+            let mut conn = self.pool.acquire().await?;
+            return store::movement(&mut conn, restock_id, MovementKind::Restock)
+                .await?
+                .map(Applied::Already)
+                .ok_or(StockError::Conflict);
+        }
+        let added: Vec<(i32, i64)> = parts.iter().map(|p| (p.segment, p.qty)).collect();
+        self.cache.give_back(sku, &added).await?;
+        self.written(sku, &after).await;
+        Ok(Applied::Now(movement))
+    }
+
+    /// Put the units back in PostgreSQL (an unconditional increment and the release row, one
+    /// transaction), then in Redis.
+    async fn release_atomic(&self, sku: &str, deduction: &Movement) -> Result<Applied, StockError> {
         let mut tx = self.pool.begin().await?;
         let mut after = Vec::new();
         for p in &deduction.parts {
@@ -222,13 +276,13 @@ impl Stock {
             let mut conn = self.pool.acquire().await?;
             return store::movement(&mut conn, &deduction.order_id, MovementKind::Release)
                 .await?
-                .map(Released::Already)
+                .map(Applied::Already)
                 .ok_or(StockError::Conflict);
         }
         let parts: Vec<(i32, i64)> = deduction.parts.iter().map(|p| (p.segment, p.qty)).collect();
         self.cache.give_back(sku, &parts).await?;
         self.cache.set_availability(sku, &after).await;
         self.metrics.segment_levels(sku, &after);
-        Ok(Released::Now(movement))
+        Ok(Applied::Now(movement))
     }
 }
