@@ -13,7 +13,9 @@ if redis.call('exists', KEYS[1]) == 0 then
 end
 if redis.call('hexists', KEYS[1], ARGV[2]) == 1 then
   local count = redis.call('hincrby', KEYS[1], ARGV[2], 1)
-  redis.call('pexpire', KEYS[1], ARGV[1])
+  -- Re-entry may lengthen the lease, never shorten it: the earlier holds were promised theirs
+  -- (GT: only when the new expiry is later; Redis 7.0+).
+  redis.call('pexpire', KEYS[1], ARGV[1], 'GT')
   return {1, tonumber(redis.call('hget', KEYS[1], ':fence')), count}
 end
 return {0, redis.call('pttl', KEYS[1]), 0}

@@ -17,6 +17,11 @@ use crate::scripts;
 use crate::watchdog::{LeaseSender, LeaseState};
 use crate::{LockError, Result};
 
+/// The least time one acquisition attempt of a `try_acquire` gets, whatever its wait: a zero
+/// wait still means "try once" (one script round trip); a stalled Redis does not hold the
+/// caller longer than this or its wait, whichever is later.
+const ATTEMPT_GRACE: Duration = Duration::from_millis(250);
+
 /// A reentrant distributed lock with one owner identity (Redisson's `RLock`, where the owner
 /// is a handle instead of a thread).
 ///
@@ -144,7 +149,22 @@ impl RLock {
         };
         let mut subscription: Option<Subscription> = None;
         loop {
-            let (returned, attempt) = self.attempt(state, lease_ms).await.inspect_err(|_| {
+            // Bounded by the deadline: a stalled Redis must not hold a `try_acquire` past its
+            // wait. Giving up drops the attempt's receiver; the attempt's own task still sees
+            // Redis's answer and gives back a hold granted too late (see `attempt`).
+            let attempted = match deadline {
+                Some(d) => {
+                    // One attempt always gets a round trip's grace, so that a zero wait
+                    // still means "try once".
+                    let bound = d.max(Instant::now() + ATTEMPT_GRACE);
+                    match tokio::time::timeout_at(bound, self.attempt(state, lease_ms)).await {
+                        Ok(attempted) => attempted,
+                        Err(_) => return timed_out(),
+                    }
+                }
+                None => self.attempt(state, lease_ms).await,
+            };
+            let (returned, attempt) = attempted.inspect_err(|_| {
                 client
                     .metrics
                     .acquire("rlock", AcquireOutcome::Failed, started.elapsed());

@@ -176,3 +176,49 @@ async fn replica_sync_acknowledges_with_enough_replicas_and_refuses_without() {
         "an unsynced acquisition was kept"
     );
 }
+
+/// Review defect 2: `try_acquire(wait)` stays within its wait even when Redis stalls (here
+/// `CLIENT PAUSE … ALL` holds every client's commands for 2 s), and an acquisition
+/// that Redis granted after the caller gave up is given back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn try_acquire_keeps_to_its_wait_when_redis_stalls() {
+    let server = RedisServer::start().expect("redis-server");
+    let c = connect(&server, config()).await;
+    let lock = c.lock("stall").expect("lock");
+    // Warm the connection up, so that the stall hits the acquisition itself.
+    drop(lock.acquire().await.expect("acquire"));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Every client's commands wait for 2 s (the response timeout is 3 s).
+    let mut admin = raw(&server.url()).await;
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(2000)
+        .arg("ALL")
+        .query_async(&mut admin)
+        .await
+        .expect("client pause");
+    let started = Instant::now();
+    let outcome = lock
+        .try_acquire(Duration::from_millis(300), Lease::Watchdog)
+        .await;
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(800),
+        "try_acquire(300 ms) took {took:?} ({outcome:?})"
+    );
+    assert!(
+        !matches!(outcome, Ok(Some(_))),
+        "nothing can be granted while Redis sleeps: {outcome:?}"
+    );
+    // Once Redis answers again, whatever it granted the abandoned attempt is given back:
+    // another owner gets the lock.
+    let other = c.lock("stall").expect("lock");
+    let got = other
+        .try_acquire(Duration::from_secs(3), Lease::Watchdog)
+        .await
+        .expect("try");
+    assert!(
+        got.is_some(),
+        "the abandoned acquisition was not given back"
+    );
+}

@@ -200,6 +200,36 @@ async fn fixed_lease_expires_without_watchdog_and_the_guard_knows() {
     );
 }
 
+/// Review defect 5: re-entering with a shorter fixed lease must not shorten the lock's real
+/// TTL below what the first hold was promised (the first guard still believes it holds).
+#[tokio::test]
+async fn reentry_with_a_shorter_lease_does_not_shorten_the_lock() {
+    let c = client(config()).await;
+    let a = c.lock("reentry-lease").expect("lock");
+    let b = c.lock("reentry-lease").expect("lock");
+    let first = a
+        .try_acquire(Duration::ZERO, Lease::Fixed(Duration::from_secs(5)))
+        .await
+        .expect("try")
+        .expect("free");
+    let inner = a
+        .try_acquire(Duration::ZERO, Lease::Fixed(Duration::from_millis(100)))
+        .await
+        .expect("try")
+        .expect("re-entered");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(!first.is_lost(), "the first hold was promised 5 s");
+    assert!(
+        b.try_acquire(Duration::ZERO, Lease::Watchdog)
+            .await
+            .expect("try")
+            .is_none(),
+        "another owner took a lock whose first hold is still valid"
+    );
+    inner.release().await.expect("inner");
+    first.release().await.expect("first");
+}
+
 #[tokio::test]
 async fn watchdog_keeps_the_lock_for_several_leases_and_stops_at_release() {
     let c = client(short_watchdog(600)).await;
