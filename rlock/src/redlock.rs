@@ -257,7 +257,10 @@ impl RedLockInner {
             guard.release_all().await;
             return Ok(AttemptOutcome::Failed { reached });
         }
-        guard.valid_until = start + validity;
+        // `validity` is what is left of the lease now; measured from `start` (before the
+        // first command was sent) the lock holds until `start + lease - drift`: the time the
+        // attempt took is counted once, by the clock that started at `start`.
+        guard.valid_until = start + lease.saturating_sub(drift);
         Ok(AttemptOutcome::Acquired(guard))
     }
 

@@ -132,3 +132,54 @@ fn redlock_sharing(servers: &[RedisServer], other: &RedLock) -> RedLock {
     let urls: Vec<String> = servers.iter().map(RedisServer::url).collect();
     RedLock::new(&urls, other.config().clone()).expect("redlock")
 }
+
+/// Review defect 8: the guard's validity counts the time the acquisition took once, not twice.
+/// One of three masters answers 300 ms late (`CLIENT PAUSE`), so the attempt takes about
+/// 300 ms; with a 1 s lease the guard must stay valid for about 1 s − 300 ms − drift from the
+/// moment it is handed out, not 1 s − 600 ms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redlock_validity_counts_the_acquisition_time_once() {
+    let servers = masters(3);
+    let urls: Vec<String> = servers.iter().map(RedisServer::url).collect();
+    let rl = RedLock::new(
+        &urls,
+        RedLockConfig {
+            lock: config(),
+            master_timeout: Duration::from_millis(800),
+            ..RedLockConfig::default()
+        },
+    )
+    .expect("redlock");
+    // Warm the connections up.
+    let warm = rl
+        .try_acquire("validity", Duration::from_secs(1), Duration::from_secs(1))
+        .await
+        .expect("try")
+        .expect("free");
+    warm.release().await;
+    let mut slow = common::raw(&servers[2].url()).await;
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(300)
+        .arg("ALL")
+        .query_async(&mut slow)
+        .await
+        .expect("pause");
+    let started = tokio::time::Instant::now();
+    let guard = rl
+        .try_acquire("validity", Duration::from_secs(2), Duration::from_secs(1))
+        .await
+        .expect("try")
+        .expect("acquired");
+    let took = started.elapsed();
+    let left = guard.valid_until() - tokio::time::Instant::now();
+    assert!(
+        took >= Duration::from_millis(250),
+        "the pause slowed it: {took:?}"
+    );
+    assert!(
+        left > Duration::from_millis(550),
+        "valid for {left:?} after an acquisition of {took:?} with a 1 s lease"
+    );
+    guard.release().await;
+}
