@@ -43,8 +43,32 @@ impl MultiLock {
 
     /// Take every lock within `wait` in total, or none: `Ok(None)` (with everything already
     /// taken released again) when one of them is still held by someone else at the deadline.
+    ///
+    /// With a fixed lease shorter than the wait, a lock taken early can expire while a later
+    /// one is awaited; a set with a lost member is never handed out: it is released and taken
+    /// again, within the same wait.
     pub async fn try_acquire(&self, wait: Duration, lease: Lease) -> Result<Option<MultiGuard>> {
         let deadline = Instant::now() + wait;
+        loop {
+            let Some(set) = self.try_acquire_once(deadline, lease).await? else {
+                return Ok(None);
+            };
+            if !set.is_lost() {
+                return Ok(Some(set));
+            }
+            release_all(set.guards).await;
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// One pass over the locks in order, within `deadline`.
+    async fn try_acquire_once(
+        &self,
+        deadline: Instant,
+        lease: Lease,
+    ) -> Result<Option<MultiGuard>> {
         let mut guards = Vec::with_capacity(self.locks.len());
         for lock in &self.locks {
             let remaining = deadline.saturating_duration_since(Instant::now());

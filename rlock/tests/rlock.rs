@@ -230,6 +230,36 @@ async fn reentry_with_a_shorter_lease_does_not_shorten_the_lock() {
     first.release().await.expect("first");
 }
 
+/// Review defect 6: with a fixed lease shorter than the wait, the first member expires while
+/// the second is awaited; the MultiLock must not hand out a set with a lost member.
+#[tokio::test]
+async fn a_multilock_never_returns_a_set_with_an_expired_member() {
+    let c = client(config()).await;
+    let other = c.lock("multi-lease-b").expect("lock");
+    let held = other
+        .try_acquire(Duration::ZERO, Lease::Fixed(Duration::from_millis(500)))
+        .await
+        .expect("try")
+        .expect("free");
+    let multi = c
+        .multi_lock(&["multi-lease-a", "multi-lease-b"])
+        .expect("multi");
+    let set = multi
+        .try_acquire(
+            Duration::from_secs(3),
+            Lease::Fixed(Duration::from_millis(300)),
+        )
+        .await
+        .expect("try")
+        .expect("both free within the wait");
+    assert!(!set.is_lost(), "a member had expired: {:?}", set.guards());
+    for g in set.guards() {
+        assert!(g.valid_until() > Instant::now(), "{}", g.name());
+    }
+    drop(held);
+    set.release().await.expect("release");
+}
+
 #[tokio::test]
 async fn watchdog_keeps_the_lock_for_several_leases_and_stops_at_release() {
     let c = client(short_watchdog(600)).await;
