@@ -33,6 +33,9 @@ pub(crate) struct ClientInner {
     pub(crate) pubsub: PubSubHub,
     pub(crate) watchdog: Watchdog,
     pub(crate) metrics: LockMetrics,
+    /// The runtime the client was made in: a guard dropped outside any runtime (a plain
+    /// thread) still releases its hold there.
+    pub(crate) runtime: tokio::runtime::Handle,
     owner_seq: AtomicU64,
     watchdog_task: AbortHandle,
 }
@@ -66,6 +69,7 @@ impl LockClient {
             watchdog: Watchdog::default(),
             metrics: LockMetrics::new(meter),
             owner_seq: AtomicU64::new(0),
+            runtime: tokio::runtime::Handle::current(),
             watchdog_task: tokio::spawn(watchdog::run(weak.clone(), interval)).abort_handle(),
             config,
         });

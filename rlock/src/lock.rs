@@ -580,12 +580,15 @@ impl Drop for LockGuard {
         }
         let shared = Arc::clone(&self.shared);
         let token = self.token;
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                if let Err(err) = shared.release_hold(token).await {
-                    tracing::debug!(lock = %shared.keys.name, error = %err, "release on drop failed");
-                }
-            });
-        }
+        // Outside a runtime (a guard moved to a plain thread), the release runs on the
+        // client's own runtime. (If that runtime is gone, so is its watchdog: the lock then
+        // expires with its lease.)
+        let rt =
+            tokio::runtime::Handle::try_current().unwrap_or_else(|_| shared.client.runtime.clone());
+        rt.spawn(async move {
+            if let Err(err) = shared.release_hold(token).await {
+                tracing::debug!(lock = %shared.keys.name, error = %err, "release on drop failed");
+            }
+        });
     }
 }

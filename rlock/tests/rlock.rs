@@ -645,3 +645,21 @@ async fn raising_the_fence_lifts_later_tokens_and_never_lowers_it() {
     let t2 = lock.acquire().await.expect("acquire");
     assert!(first < 1000 && t2.token() == 1001, "token {}", t2.token());
 }
+
+/// Review defect 10: a guard dropped on a thread outside any runtime still releases its hold
+/// (on the client's runtime) instead of being renewed by the watchdog for the client's life.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guard_dropped_outside_a_runtime_still_releases() {
+    let c = client(short_watchdog(600)).await;
+    let a = c.lock("dropped-off-runtime").expect("lock");
+    let b = c.lock("dropped-off-runtime").expect("lock");
+    let guard = a.acquire().await.expect("acquire");
+    std::thread::spawn(move || drop(guard))
+        .join()
+        .expect("thread");
+    let got = b
+        .try_acquire(Duration::from_millis(400), Lease::Watchdog)
+        .await
+        .expect("try");
+    assert!(got.is_some(), "the dropped guard's hold was never released");
+}
