@@ -15,7 +15,7 @@ use crate::store;
 
 /// A lock wait this long means another holder had the lock (an uncontended acquisition is one
 /// script call): the instance's combined deductions move their home elsewhere.
-pub(crate) const CONTENDED: Duration = Duration::from_millis(2);
+const CONTENDED: Duration = Duration::from_millis(2);
 
 /// The fencing token each segment is written with (none for unlocked strategies), and whether
 /// the tenure they belong to has written already.
@@ -256,18 +256,31 @@ impl Stock {
             .instrument(span.clone())
             .await;
         if let Ok(held) = &result {
-            let waited = started.elapsed();
             span.record("acquired", held.is_some());
-            self.metrics
-                .lock_wait(strategy, &labels, waited, held.is_some());
-            if let [segment] = segments
-                && waited >= CONTENDED
-                && !self.concurrency.item_wide()
-            {
-                self.leave_contended_home(sku, *segment);
-            }
+            self.waited(sku, segments, &labels, started.elapsed(), held.is_some());
         }
         result?.ok_or(StockError::LockTimeout)
+    }
+
+    /// A wait for the strategy's lock(s) (or row locks) over `segments` ended after `waited`:
+    /// the `stock.lock.wait.duration` observation, and — a long wait for one segment's own
+    /// lock means another instance works there — the instance's home moves on.
+    pub(crate) fn waited(
+        &self,
+        sku: &str,
+        segments: &[i32],
+        labels: &[String],
+        waited: Duration,
+        acquired: bool,
+    ) {
+        self.metrics
+            .lock_wait(self.strategy(), labels, waited, acquired);
+        if let [segment] = segments
+            && waited >= CONTENDED
+            && !self.concurrency.item_wide()
+        {
+            self.leave_contended_home(sku, *segment);
+        }
     }
 
     /// Take the `rlock` locks `names` on the main Redis (one lock, or a MultiLock over

@@ -169,13 +169,7 @@ impl Stock {
         );
         let started = tokio::time::Instant::now();
         let out = read.instrument(span).await;
-        let waited = started.elapsed();
-        self.metrics.lock_wait(strategy, &labels, waited, true);
-        if let [segment] = segments
-            && waited >= crate::locking::CONTENDED
-        {
-            self.leave_contended_home(sku, *segment);
-        }
+        self.waited(sku, segments, &labels, started.elapsed(), true);
         (out, Some(tokio::time::Instant::now()))
     }
 
