@@ -40,6 +40,9 @@ pub struct StockConfig {
     /// How long an instance trusts its local sold-out flag before asking Redis again
     /// (`SOLD_OUT_TTL_MS`, default 1000).
     pub sold_out_ttl: Duration,
+    /// redis-atomic: how often counters left too low are reconciled with the database
+    /// (`COUNTER_RECONCILE_MS`, default 1000; 0 turns it off).
+    pub counter_reconcile: Duration,
     /// Most deductions of one segment applied in one transaction (`STOCK_BATCH_MAX`, default
     /// 64, 1 to 1000); 1 turns combining off.
     pub batch_max: usize,
@@ -97,6 +100,7 @@ impl StockConfig {
                 .raw("STOCK_KEY_PREFIX")?
                 .unwrap_or_else(|| "stock".into()),
             sold_out_ttl: env.millis("SOLD_OUT_TTL_MS", 1000)?,
+            counter_reconcile: env.millis("COUNTER_RECONCILE_MS", 1000)?,
             batch_max,
         })
     }

@@ -21,6 +21,7 @@ use crate::shape::ShapeCache;
 use crate::store::{self, ItemStock, Movement, MovementKind, Part, SegmentRow};
 use crate::strategy::Strategy;
 use crate::strategy::concurrency::{Applied, Concurrency, Deduction};
+use crate::strategy::redis_atomic::reconcile::Starved;
 
 /// Largest quantity one deduction may ask for.
 pub const MAX_QTY: i64 = 10_000;
@@ -102,6 +103,8 @@ pub struct Stock {
     pub metrics: StockMetrics,
     /// Items whose oversold gauge needs a fresh look.
     pub oversold: OversoldWatch,
+    /// redis-atomic: items whose counters ran dry while the database had units.
+    pub(crate) starved: Starved,
     /// Queues of concurrent single-segment deductions, one per segment (group deduction).
     pub groups: Arc<Groups>,
     /// Items' segment counts, remembered for a moment (combined deductions).

@@ -79,6 +79,13 @@ pub async fn connect(config: StockConfig) -> anyhow::Result<Stock> {
     let groups = std::sync::Arc::new(group::Groups::new(config.batch_max));
     let shapes = std::sync::Arc::new(shape::ShapeCache::new(SHAPE_TTL));
     oversold.spawn(pool.clone(), metrics.clone(), OVERSOLD_CHECK_INTERVAL);
+    let starved = strategy::redis_atomic::reconcile::Starved::default();
+    starved.spawn(
+        pool.clone(),
+        cache.clone(),
+        metrics.clone(),
+        config.counter_reconcile,
+    );
     Ok(Stock {
         pool,
         locks,
@@ -88,6 +95,7 @@ pub async fn connect(config: StockConfig) -> anyhow::Result<Stock> {
         config,
         metrics,
         oversold,
+        starved,
         groups,
         shapes,
         home: std::sync::Arc::new(std::sync::atomic::AtomicU32::new(rand::random())),

@@ -25,6 +25,7 @@ pub struct StockMetrics {
     optimistic_conflicts: Counter<u64>,
     atomic_drift: Counter<u64>,
     counters_reseeded: Counter<u64>,
+    counters_reconciled: Counter<u64>,
     available: Gauge<i64>,
     oversold: Gauge<i64>,
     group_size: Histogram<u64>,
@@ -82,6 +83,12 @@ impl StockMetrics {
             counters_reseeded: meter
                 .u64_counter("stock.atomic.reseeds")
                 .with_description("redis-atomic: counters re-seeded from the database")
+                .build(),
+            counters_reconciled: meter
+                .u64_counter("stock.atomic.reconciled")
+                .with_description(
+                    "redis-atomic: segment counters raised to the database's units (left too low by a request that died)",
+                )
                 .build(),
             available: meter
                 .i64_gauge("stock.available")
@@ -181,6 +188,11 @@ impl StockMetrics {
 
     pub(crate) fn atomic_drift(&self) {
         self.atomic_drift.add(1, &[]);
+    }
+
+    pub(crate) fn counters_reconciled(&self, segments: usize) {
+        self.counters_reconciled
+            .add(u64::try_from(segments).unwrap_or(u64::MAX), &[]);
     }
 
     pub(crate) fn counters_reseeded(&self) {

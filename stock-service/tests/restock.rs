@@ -1,6 +1,7 @@
 //! Restocks: units added to a live item without a reset, under every kind of guard, while two
 //! instances sell; the sold-out flags cleared everywhere; idempotent per restock id; bad input
-//! changes nothing. The books are read back through the audit and straight from PostgreSQL.
+//! changes nothing. And redis-atomic's counters, left too low by requests that died, reconciled
+//! while the sale runs. The books are read back through the audit and straight from PostgreSQL.
 
 mod common;
 
@@ -162,5 +163,58 @@ async fn bad_restocks_get_a_problem_and_change_nothing() {
     assert_eq!(
         (report["ok"].clone(), report["available"].clone()),
         (json!(true), json!(15))
+    );
+}
+
+/// redis-atomic: requests that took units from the Redis counters and died before writing them
+/// (simulated by taking 5 units off the counter directly) leave the counter too low; buyers are
+/// told "sold out" while the database has the units. The reconciler raises the counter while
+/// the sale runs, and exactly the stock sells.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_atomic_counters_left_too_low_are_reconciled_while_the_sale_runs() {
+    let a = instance(&[
+        ("STOCK_STRATEGY", "redis-atomic"),
+        ("COUNTER_RECONCILE_MS", "150"),
+    ])
+    .await;
+    let c = http();
+    let sku = sku();
+    put_stock(&c, &a, &sku, 20, 1).await;
+    let key = a.stock.cache.keys(&sku).counters;
+    let mut redis = redis::Client::open(testkit::redis_url())
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let _: i64 = redis::cmd("HINCRBY")
+        .arg(&key)
+        .arg(0)
+        .arg(-5)
+        .query_async(&mut redis)
+        .await
+        .expect("take 5 behind the service's back");
+    let first = flash_sale(&[&a], &sku, 30, 4).await;
+    assert_eq!(
+        first.ok, 15,
+        "Redis hands out only what it counts: {first:?}"
+    );
+    // The database still has 5: the reconciler raises the counter (two equal samples).
+    let mut sold = first.ok;
+    for _ in 0..20 {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        sold += flash_sale(&[&a], &sku, 5, 2).await.ok;
+        if sold >= 20 {
+            break;
+        }
+    }
+    assert_eq!(
+        sold, 20,
+        "the 5 units the counter lost sold after reconciliation"
+    );
+    let report = audit(&c, &a, &sku).await;
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(
+        (report["available"].clone(), report["oversold"].clone()),
+        (json!(0), json!(0))
     );
 }

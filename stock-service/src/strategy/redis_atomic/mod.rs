@@ -6,6 +6,7 @@
 
 mod counters;
 mod group;
+pub mod reconcile;
 
 use futures_util::future::BoxFuture;
 use tracing::Instrument as _;
@@ -125,6 +126,9 @@ impl Stock {
                 if total < qty {
                     return Err(self.not_enough(sku, &epoch, total, qty).await);
                 }
+                // The database has the units but Redis handed them all out: in flight, or
+                // taken by a request that died before writing (see `reconcile.rs`).
+                self.starved.note(sku);
                 self.metrics.outcome(self.strategy(), "sold_out");
                 return Err(StockError::SoldOut(sku.to_owned()));
             }
