@@ -42,6 +42,10 @@ pub struct OrderConfig {
     /// Prefix of the stock-service's Redis keys (`STOCK_KEY_PREFIX`, default `stock`), to read
     /// its sold-out flags.
     pub stock_key_prefix: String,
+    /// Prefix of this service's own Redis keys (`ORDER_KEY_PREFIX`, default `orders`): replay
+    /// records, in-flight markers and the completeness marker. Shops sharing one Redis need
+    /// different prefixes.
+    pub order_key_prefix: String,
     /// Most concurrent claims (and settles) of one item in one transaction
     /// (`ORDER_BATCH_MAX`, default 64, 1 to 1000; 1: each order alone).
     pub batch_max: usize,
@@ -87,6 +91,9 @@ impl OrderConfig {
             stock_key_prefix: env
                 .raw("STOCK_KEY_PREFIX")?
                 .unwrap_or_else(|| "stock".into()),
+            order_key_prefix: env
+                .raw("ORDER_KEY_PREFIX")?
+                .unwrap_or_else(|| "orders".into()),
             batch_max: env.parse_within("ORDER_BATCH_MAX", 64, 1..=1000)?,
         })
     }

@@ -85,9 +85,10 @@ pub struct ReplayCache {
     conn: ConnectionManager,
     ttl: Duration,
     stock_prefix: String,
+    /// `<ORDER_KEY_PREFIX>:idem`: shops sharing one Redis keep their records (and their
+    /// completeness markers) apart.
+    idem: String,
 }
-
-const COMPLETE: &str = "orders:idem:complete";
 
 /// What a key's record holds while its first attempt may still be in flight: written before
 /// the attempt's claim can commit, and replaced by the final response. The sold-out fast path
@@ -95,21 +96,31 @@ const COMPLETE: &str = "orders:idem:complete";
 /// attempt is paused, slow or dead goes to the database and gets 409 `request-in-progress` or
 /// the order's real outcome.
 const IN_FLIGHT: &str = "in-flight";
-const REBUILDING: &str = "orders:idem:rebuilding";
 
 impl ReplayCache {
-    /// Records live `ttl` (the idempotency key lifetime); sold-out flags are read from the
-    /// stock-service's keys under `stock_prefix`.
-    pub fn new(conn: ConnectionManager, ttl: Duration, stock_prefix: &str) -> Self {
+    /// Records live `ttl` (the idempotency key lifetime) under `prefix` (`ORDER_KEY_PREFIX`);
+    /// sold-out flags are read from the stock-service's keys under `stock_prefix`.
+    pub fn new(conn: ConnectionManager, ttl: Duration, stock_prefix: &str, prefix: &str) -> Self {
         ReplayCache {
             conn,
             ttl,
             stock_prefix: stock_prefix.to_owned(),
+            idem: format!("{prefix}:idem"),
         }
     }
 
-    fn record_key(user: &str, key: &str) -> String {
-        format!("orders:idem:{}:{user}:{key}", user.len())
+    fn record_key(&self, user: &str, key: &str) -> String {
+        format!("{}:{}:{user}:{key}", self.idem, user.len())
+    }
+
+    /// The marker saying the records are complete.
+    fn complete(&self) -> String {
+        format!("{}:complete", self.idem)
+    }
+
+    /// The marker of a rebuild in progress (one instance at a time).
+    fn rebuilding(&self) -> String {
+        format!("{}:rebuilding", self.idem)
     }
 
     /// One round trip: the key's record, the completeness marker, the item's sold-out flag.
@@ -118,8 +129,8 @@ impl ReplayCache {
         let flag = format!("{}:{{{sku}}}:soldout", self.stock_prefix);
         let got: redis::RedisResult<(Option<String>, Option<String>, Option<String>)> =
             redis::pipe()
-                .get(Self::record_key(user, key))
-                .get(COMPLETE)
+                .get(self.record_key(user, key))
+                .get(self.complete())
                 .get(flag)
                 .query_async(&mut conn)
                 .await;
@@ -143,7 +154,7 @@ impl ReplayCache {
     pub async fn mark_in_flight(&self, user: &str, key: &str) -> redis::RedisResult<()> {
         let mut conn = self.conn.clone();
         let _: Option<String> = redis::cmd("SET")
-            .arg(Self::record_key(user, key))
+            .arg(self.record_key(user, key))
             .arg(IN_FLIGHT)
             .arg("NX")
             .arg("EX")
@@ -160,7 +171,7 @@ impl ReplayCache {
         let json = serde_json::to_string(record).map_err(|e| {
             redis::RedisError::from((redis::ErrorKind::Client, "serialize", e.to_string()))
         })?;
-        conn.set_ex(Self::record_key(user, key), json, self.ttl.as_secs().max(1))
+        conn.set_ex(self.record_key(user, key), json, self.ttl.as_secs().max(1))
             .await
     }
 
@@ -168,11 +179,11 @@ impl ReplayCache {
     /// database, then set the marker. One instance at a time; cheap when the marker is there.
     pub async fn ensure_complete(&self, pool: &PgPool) -> anyhow::Result<bool> {
         let mut conn = self.conn.clone();
-        if conn.exists::<_, bool>(COMPLETE).await? {
+        if conn.exists::<_, bool>(self.complete()).await? {
             return Ok(true);
         }
         let lock: Option<String> = redis::cmd("SET")
-            .arg(REBUILDING)
+            .arg(self.rebuilding())
             .arg("1")
             .arg("NX")
             .arg("EX")
@@ -201,7 +212,7 @@ impl ReplayCache {
                 };
                 let ttl: i64 = r.get(6);
                 pipe.set_ex(
-                    Self::record_key(r.get(0), r.get(1)),
+                    self.record_key(r.get(0), r.get(1)),
                     serde_json::to_string(&record)?,
                     u64::try_from(ttl).unwrap_or(1),
                 )
@@ -210,9 +221,9 @@ impl ReplayCache {
             let _: () = pipe.query_async(&mut conn).await?;
         }
         let _: () = redis::pipe()
-            .set(COMPLETE, "1")
+            .set(self.complete(), "1")
             .ignore()
-            .del(REBUILDING)
+            .del(self.rebuilding())
             .ignore()
             .query_async(&mut conn)
             .await?;
@@ -238,7 +249,7 @@ impl ReplayCache {
             let mut pipe = redis::pipe();
             for (user, key, ttl) in chunk {
                 pipe.cmd("SET")
-                    .arg(Self::record_key(user, key))
+                    .arg(self.record_key(user, key))
                     .arg(IN_FLIGHT)
                     .arg("NX")
                     .arg("EX")

@@ -58,8 +58,12 @@ pub async fn connect(config: OrderConfig) -> anyhow::Result<Orders> {
         eject_after: config.stock_eject_after,
         health_interval: config.stock_health_interval,
     })?;
-    let replay =
-        idempotency::ReplayCache::new(redis, config.idempotency_ttl, &config.stock_key_prefix);
+    let replay = idempotency::ReplayCache::new(
+        redis,
+        config.idempotency_ttl,
+        &config.stock_key_prefix,
+        &config.order_key_prefix,
+    );
     let groups = std::sync::Arc::new(group::Groups::new(config.batch_max));
     let orders = Orders {
         groups,

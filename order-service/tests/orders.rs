@@ -954,3 +954,45 @@ async fn the_order_audit_counts_an_items_orders_for_admins_only() {
         bad_sku.raw
     );
 }
+
+/// Two shops on one Redis (their own databases, their own `ORDER_KEY_PREFIX`): the same user
+/// and key make an order in each; neither replays the other's answer from Redis.
+#[tokio::test]
+async fn shops_sharing_a_redis_keep_their_replay_records_apart() {
+    let redis = testkit::redis_url();
+    let s = stock(&redis, &[]).await;
+    let tag = unique("shop");
+    let a = orders(
+        &redis,
+        &s.url(""),
+        &[("ORDER_KEY_PREFIX", &format!("{tag}-a"))],
+    )
+    .await;
+    let other_db = common::database("seckill_order_test_other").await;
+    let b = orders(
+        &redis,
+        &s.url(""),
+        &[
+            ("ORDER_KEY_PREFIX", &format!("{tag}-b")),
+            ("DATABASE_URL", &other_db),
+        ],
+    )
+    .await;
+    let c = http();
+    let sku = unique("sku");
+    put_stock(&c, &s.url(""), &sku, 10, 1).await;
+    let user = unique("u");
+    let body = json!({"sku": sku, "qty": 1});
+    let in_a = place(&c, &a.url(""), &user, Some("same-key"), body.clone()).await;
+    let in_b = place(&c, &b.url(""), &user, Some("same-key"), body).await;
+    assert_eq!(
+        (in_a.status, in_b.status),
+        (StatusCode::CREATED, StatusCode::CREATED)
+    );
+    assert!(
+        !in_b.replayed,
+        "shop b replayed shop a's answer: {}",
+        in_b.raw
+    );
+    assert_ne!(in_a.body["order_id"], in_b.body["order_id"]);
+}

@@ -279,7 +279,8 @@ impl Shop {
             cmd.env("BIND_ADDR", format!("127.0.0.1:{port}"))
                 .env("RUST_LOG", &options.log_filter)
                 .env("REDIS_URL", &redis_url)
-                .env("STOCK_KEY_PREFIX", &key_prefix);
+                .env("STOCK_KEY_PREFIX", &key_prefix)
+                .env("ORDER_KEY_PREFIX", format!("{key_prefix}-orders"));
         };
 
         for i in 1..=options.instances {
