@@ -119,7 +119,7 @@ async fn every_service_environment_loads_and_every_variable_is_read() {
     let mut problems = Vec::new();
     let mut checked = 0;
     for (name, service) in compose.services() {
-        let Some(target) = build_target(service) else {
+        let Some(target) = compose.runs_target(service) else {
             continue;
         };
         if !SERVICE_TARGETS.contains(&target) {
@@ -336,6 +336,83 @@ fn only_the_gateway_and_the_dashboards_publish_ports() {
 }
 
 #[test]
+fn each_image_is_built_by_one_service_and_the_others_never_pull_it() {
+    let compose = Compose::load();
+    let mut problems = Vec::new();
+    let mut builders: BTreeMap<&str, Vec<&String>> = BTreeMap::new();
+    for (name, service) in compose.services() {
+        let Some(image) = service.get("image").and_then(Value::as_str) else {
+            continue;
+        };
+        if service.get("build").is_some() {
+            builders.entry(image).or_default().push(name);
+        }
+    }
+    for (image, names) in &builders {
+        if names.len() > 1 {
+            problems.push(format!(
+                "{image} is built by {names:?}: parallel builds of one tag fail (\"image already exists\"); build it once"
+            ));
+        }
+    }
+    for (name, service) in compose.services() {
+        let Some(image) = service.get("image").and_then(Value::as_str) else {
+            continue;
+        };
+        if service.get("build").is_none()
+            && builders.contains_key(image)
+            && service.get("pull_policy").and_then(Value::as_str) != Some("never")
+        {
+            problems.push(format!(
+                "{name}: runs {image}, built here, without `pull_policy: never` (it would try to pull it)"
+            ));
+        }
+    }
+    assert_problems("images are built more than once", problems);
+}
+
+#[test]
+fn long_running_services_keep_their_logs_bounded() {
+    let compose = Compose::load();
+    let mut problems = Vec::new();
+    for (name, service) in compose.services() {
+        if service.get("profiles").is_some() {
+            continue;
+        }
+        let options = service.pointer("/logging/options");
+        let max_size = options.and_then(|o| o.get("max-size")).map(scalar);
+        let max_file = options.and_then(|o| o.get("max-file")).map(scalar);
+        if max_size.is_none() || max_file.is_none() {
+            problems.push(format!(
+                "{name}: no logging max-size/max-file: its log grows without limit"
+            ));
+        }
+    }
+    assert_problems("logs grow without limit", problems);
+}
+
+#[test]
+fn grafana_mounts_only_the_provisioning_folders_it_uses() {
+    let compose = Compose::load();
+    let grafana = compose
+        .service("grafana")
+        .unwrap_or_else(|| panic!("{COMPOSE} has no grafana service"));
+    let targets: Vec<String> = bind_mounts(grafana).into_iter().map(|(_, t)| t).collect();
+    assert!(
+        !targets
+            .iter()
+            .any(|t| t.trim_end_matches('/') == "/etc/grafana/provisioning"),
+        "mounting over /etc/grafana/provisioning hides the image's alerting/ and plugins/ folders: {targets:?}"
+    );
+    for folder in ["datasources", "dashboards"] {
+        assert!(
+            targets.contains(&format!("/etc/grafana/provisioning/{folder}")),
+            "provisioning/{folder} is not mounted: {targets:?}"
+        );
+    }
+}
+
+#[test]
 fn images_are_pinned() {
     let compose = Compose::load();
     let mut problems = Vec::new();
@@ -346,7 +423,7 @@ fn images_are_pinned() {
             }
             continue;
         };
-        let local = service.get("build").is_some();
+        let local = compose.runs_target(service).is_some();
         if let Err(e) = check_pinned(image, local) {
             problems.push(format!("{name}: image {image}: {e}"));
         }
@@ -547,10 +624,7 @@ fn gateway_toml_validates_with_the_gateway_loader() {
     let config = environment(gateway)
         .remove("GATEWAY_CONFIG")
         .unwrap_or_else(|| panic!("gateway: GATEWAY_CONFIG is not set"));
-    let mounted = bind_mounts(gateway)
-        .into_iter()
-        .find(|(_, target)| *target == config)
-        .map(|(source, _)| source);
+    let mounted = host_path(gateway, &config);
     assert_eq!(
         mounted,
         Some(root().join(GATEWAY_TOML)),
@@ -808,7 +882,9 @@ fn prometheus_scrapes_every_service_instance_on_its_metrics_port() {
         }
     }
     for (name, service) in compose.services() {
-        if build_target(service).is_some_and(|t| SERVICE_TARGETS.contains(&t))
+        if compose
+            .runs_target(service)
+            .is_some_and(|t| SERVICE_TARGETS.contains(&t))
             && !scraped.contains(name)
         {
             problems.push(format!("{PROMETHEUS}: {name} is not scraped"));
@@ -949,10 +1025,7 @@ fn load_config(target: &str, service: &Value, env: &Env) -> Result<(), String> {
                 None => gateway::FileConfig::parse(gateway::settings::EXAMPLE_CONFIG),
                 Some(path) => {
                     let path = path.to_string_lossy();
-                    let host = bind_mounts(service)
-                        .into_iter()
-                        .find(|(_, target)| *target == path)
-                        .map(|(source, _)| source)
+                    let host = host_path(service, &path)
                         .ok_or_else(|| format!("GATEWAY_CONFIG={path} is not a mounted file"))?;
                     gateway::FileConfig::read(&host).map(|(file, _)| file)
                 }
@@ -1009,10 +1082,27 @@ impl Compose {
         self.service(name).is_some()
     }
 
+    /// The Dockerfile target a service runs: its own `build:`, or — for an instance that runs
+    /// the image another service builds (`pull_policy: never`) — that service's.
+    fn runs_target<'a>(&'a self, service: &'a Value) -> Option<&'a str> {
+        if let Some(target) = build_target(service) {
+            return Some(target);
+        }
+        if service.get("pull_policy").and_then(Value::as_str) != Some("never") {
+            return None;
+        }
+        let image = service.get("image").and_then(Value::as_str)?;
+        self.services().into_values().find_map(|other| {
+            (other.get("image").and_then(Value::as_str) == Some(image))
+                .then(|| build_target(other))
+                .flatten()
+        })
+    }
+
     fn services_built_from(&self, target: &str) -> Vec<String> {
         self.services()
             .into_iter()
-            .filter(|(_, s)| build_target(s) == Some(target))
+            .filter(|(_, s)| self.runs_target(s) == Some(target))
             .map(|(n, _)| n.clone())
             .collect()
     }
@@ -1093,6 +1183,20 @@ fn depends_on(service: &Value) -> Vec<(String, String)> {
 
 /// Bind mounts as (host path, container path), short and long syntax; named volumes are
 /// left out.
+/// Where the container path `path` of `service` is on the host: a file bind-mounted there,
+/// or inside a bind-mounted folder.
+fn host_path(service: &Value, path: &str) -> Option<PathBuf> {
+    bind_mounts(service)
+        .into_iter()
+        .find_map(|(source, target)| {
+            if target == path {
+                return Some(source);
+            }
+            path.strip_prefix(&format!("{}/", target.trim_end_matches('/')))
+                .map(|rest| source.join(rest))
+        })
+}
+
 fn bind_mounts(service: &Value) -> Vec<(PathBuf, String)> {
     let mut mounts = Vec::new();
     for volume in service
