@@ -392,6 +392,31 @@ fn long_running_services_keep_their_logs_bounded() {
 }
 
 #[test]
+fn bind_mounts_are_read_only_and_relabelled_for_selinux() {
+    let compose = Compose::load();
+    let mut problems = Vec::new();
+    for (name, service) in compose.services() {
+        for volume in service
+            .get("volumes")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .filter(|v| v.starts_with("./"))
+        {
+            let mode = volume.splitn(3, ':').nth(2).unwrap_or("");
+            let flags: Vec<&str> = mode.split(',').collect();
+            if !flags.contains(&"ro") || !(flags.contains(&"z") || flags.contains(&"Z")) {
+                problems.push(format!(
+                    "{name}: {volume}: bind mounts of the repository are `ro,z` (read-only, readable on SELinux hosts)"
+                ));
+            }
+        }
+    }
+    assert_problems("bind mounts", problems);
+}
+
+#[test]
 fn grafana_mounts_only_the_provisioning_folders_it_uses() {
     let compose = Compose::load();
     let grafana = compose
