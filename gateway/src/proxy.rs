@@ -103,18 +103,38 @@ async fn forward(
     outcome: &mut Outcome,
 ) -> Result<Response, GatewayError> {
     let (parts, body) = request.into_parts();
+    let (route, identity, client_ip) = admit(runtime, &parts, outcome)?;
+    let body = read_body(body, gateway.settings().service.body_limit_bytes).await?;
+    let (pool, canary) = route.choose_pool(&parts.headers, outcome.user.as_deref());
+    outcome.canary = canary;
+    let call = Call {
+        method: &parts.method,
+        path: route.upstream_path(parts.uri.path(), parts.uri.query()),
+        headers: forward_headers::to_upstream(&parts.headers, identity.as_ref(), client_ip),
+        body,
+        replay_safe: is_replay_safe(&parts.method, &parts.headers),
+        deadline: started + route.timeout,
+    };
+    send(gateway, runtime, route, pool, &call, outcome).await
+}
+
+/// Who may pass: a clean path with a route, a caller allowed on it (a presented token must be
+/// valid, even on a public route), within the rate limits. The route, the caller and the
+/// client's address.
+fn admit<'r>(
+    runtime: &'r Runtime,
+    parts: &axum::http::request::Parts,
+    outcome: &mut Outcome,
+) -> Result<(&'r Route, Option<Identity>, Option<std::net::IpAddr>), GatewayError> {
     let path = parts.uri.path();
     if !is_clean_path(path) {
         return Err(GatewayError::BadPath);
     }
     let route = runtime.routes.find(path).ok_or(GatewayError::NoRoute)?;
     outcome.route = Some(Arc::clone(&route.name));
-
-    // A presented token must be valid, even on a public route.
     let identity = runtime.tokens.authenticate(&parts.headers)?;
     outcome.user = identity.as_ref().map(|i| i.user.clone());
     authorize(route.access(&parts.method), identity.as_ref())?;
-
     let client_ip = parts
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
@@ -130,20 +150,33 @@ async fn forward(
             .check(&key)
             .map_err(GatewayError::RateLimited)?;
     }
+    Ok((route, identity, client_ip))
+}
 
-    let body = read_body(body, gateway.settings().service.body_limit_bytes).await?;
-    let (pool, canary) = route.choose_pool(&parts.headers, outcome.user.as_deref());
-    outcome.canary = canary;
-    let upstream_path = route.upstream_path(path, parts.uri.query());
-    let headers = forward_headers::to_upstream(&parts.headers, identity.as_ref(), client_ip);
-    let replay_safe = is_replay_safe(&parts.method, &parts.headers);
-    let deadline = started + route.timeout;
-    let threshold = runtime.file.upstreams.eject_after_failures;
+/// One proxied request, as every attempt sends it.
+struct Call<'a> {
+    method: &'a Method,
+    path: String,
+    headers: HeaderMap,
+    body: Bytes,
+    replay_safe: bool,
+    deadline: Instant,
+}
 
+/// Send `call` to the pool's upstreams: an upstream not tried yet first (a pool of one
+/// retries the same instance), again after a failure while the route's retries last and the
+/// failure is safe to repeat (the connection was refused, or the request can be replayed).
+async fn send(
+    gateway: &Gateway,
+    runtime: &Runtime,
+    route: &Route,
+    pool: &Arc<crate::upstream::Pool>,
+    call: &Call<'_>,
+    outcome: &mut Outcome,
+) -> Result<Response, GatewayError> {
     let mut tried: Vec<Arc<Upstream>> = Vec::new();
     let mut last_error = None;
     loop {
-        // Prefer an upstream not tried yet; a pool of one retries the same instance.
         let Some(upstream) = pool.pick(&tried).or_else(|| pool.pick(&[])) else {
             return Err(last_error.unwrap_or_else(|| {
                 tracing::warn!(pool = %pool.name, route = %route.name, "no healthy upstream");
@@ -156,73 +189,106 @@ async fn forward(
         tried.push(Arc::clone(&upstream));
         outcome.attempts += 1;
         outcome.upstream = Some(upstream.base.clone());
-
-        let uri: Uri = format!("{}{}", upstream.base, upstream_path)
-            .parse()
-            .map_err(|error| {
-                tracing::error!(%error, upstream = %upstream.base, "cannot build the upstream URI");
-                GatewayError::Internal
-            })?;
-        // One client span per attempt; the upstream's spans become its children.
-        let attempt_span = tracing::info_span!(
-            "upstream",
-            otel.name = format!("{} {}", parts.method, route.name),
-            otel.kind = "client",
-            otel.status_code = Empty,
-            http.request.method = %parts.method,
-            url.full = %uri,
-            http.response.status_code = Empty,
-            error.type = Empty,
-            gateway.route = %route.name,
-            gateway.pool = %pool.name,
-            gateway.attempt = outcome.attempts,
-        );
-        let mut upstream_request = hyper::Request::new(Full::new(body.clone()));
-        *upstream_request.method_mut() = parts.method.clone();
-        *upstream_request.uri_mut() = uri;
-        *upstream_request.headers_mut() = headers.clone();
-        service_kit::telemetry::inject_span(&attempt_span, upstream_request.headers_mut());
-
-        let in_flight = upstream.start_request();
-        let attempt = tokio::time::timeout_at(deadline, runtime.client.request(upstream_request))
-            .instrument(attempt_span.clone())
-            .await;
-        record_attempt(&attempt_span, &attempt);
-        let failure = match attempt {
-            Ok(Ok(response)) => {
-                if upstream.record_success() == HealthChange::Readmitted {
-                    tracing::info!(upstream = %upstream.base, "upstream answered again; re-admitted");
-                }
-                return Ok(into_client_response(response, in_flight));
-            }
-            Ok(Err(error)) => error,
-            Err(_elapsed) => {
-                record_failure(gateway, route, &pool.name, &upstream, threshold, "timeout");
-                tracing::warn!(upstream = %upstream.base, route = %route.name, "upstream timed out");
-                return Err(GatewayError::UpstreamTimeout(route.timeout.as_millis()));
-            }
+        let failure = match attempt(
+            gateway,
+            runtime,
+            route,
+            &pool.name,
+            &upstream,
+            call,
+            outcome.attempts,
+        )
+        .await?
+        {
+            Ok(response) => return Ok(response),
+            Err(failure) => failure,
         };
-        drop(in_flight);
         let connect = failure.is_connect();
-        let kind = if connect { "connect" } else { "broken" };
-        record_failure(gateway, route, &pool.name, &upstream, threshold, kind);
-        tracing::warn!(
-            upstream = %upstream.base,
-            route = %route.name,
-            kind,
-            error = %error_chain(&failure),
-            "upstream attempt failed"
-        );
         let error = if connect {
             GatewayError::UpstreamUnavailable(pool.name.clone())
         } else {
             GatewayError::UpstreamBroken
         };
         let attempts_left = outcome.attempts <= route.retries;
-        if !(attempts_left && (connect || replay_safe)) {
+        if !(attempts_left && (connect || call.replay_safe)) {
             return Err(error);
         }
         last_error = Some(error);
+    }
+}
+
+/// One attempt at `upstream`, in a client span of its own (the upstream's spans become its
+/// children). `Ok(Ok(response))` answered; `Ok(Err(failure))` failed before answering
+/// (recorded against the upstream); `Err` ends the request (timeout, or no URI).
+async fn attempt(
+    gateway: &Gateway,
+    runtime: &Runtime,
+    route: &Route,
+    pool_name: &str,
+    upstream: &Arc<Upstream>,
+    call: &Call<'_>,
+    number: u32,
+) -> Result<Result<Response, hyper_util::client::legacy::Error>, GatewayError> {
+    let threshold = runtime.file.upstreams.eject_after_failures;
+    let uri: Uri = format!("{}{}", upstream.base, call.path)
+        .parse()
+        .map_err(|error| {
+            tracing::error!(%error, upstream = %upstream.base, "cannot build the upstream URI");
+            GatewayError::Internal
+        })?;
+    let attempt_span = tracing::info_span!(
+        "upstream",
+        otel.name = format!("{} {}", call.method, route.name),
+        otel.kind = "client",
+        otel.status_code = Empty,
+        http.request.method = %call.method,
+        url.full = %uri,
+        http.response.status_code = Empty,
+        error.type = Empty,
+        gateway.route = %route.name,
+        gateway.pool = %pool_name,
+        gateway.attempt = number,
+    );
+    let mut upstream_request = hyper::Request::new(Full::new(call.body.clone()));
+    *upstream_request.method_mut() = call.method.clone();
+    *upstream_request.uri_mut() = uri;
+    *upstream_request.headers_mut() = call.headers.clone();
+    service_kit::telemetry::inject_span(&attempt_span, upstream_request.headers_mut());
+
+    let in_flight = upstream.start_request();
+    let sent = tokio::time::timeout_at(call.deadline, runtime.client.request(upstream_request))
+        .instrument(attempt_span.clone())
+        .await;
+    record_attempt(&attempt_span, &sent);
+    match sent {
+        Ok(Ok(response)) => {
+            if upstream.record_success() == HealthChange::Readmitted {
+                tracing::info!(upstream = %upstream.base, "upstream answered again; re-admitted");
+            }
+            Ok(Ok(into_client_response(response, in_flight)))
+        }
+        Ok(Err(failure)) => {
+            drop(in_flight);
+            let kind = if failure.is_connect() {
+                "connect"
+            } else {
+                "broken"
+            };
+            record_failure(gateway, route, pool_name, upstream, threshold, kind);
+            tracing::warn!(
+                upstream = %upstream.base,
+                route = %route.name,
+                kind,
+                error = %error_chain(&failure),
+                "upstream attempt failed"
+            );
+            Ok(Err(failure))
+        }
+        Err(_elapsed) => {
+            record_failure(gateway, route, pool_name, upstream, threshold, "timeout");
+            tracing::warn!(upstream = %upstream.base, route = %route.name, "upstream timed out");
+            Err(GatewayError::UpstreamTimeout(route.timeout.as_millis()))
+        }
     }
 }
 

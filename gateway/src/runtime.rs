@@ -79,82 +79,12 @@ impl Runtime {
             .clone()
             .or_else(|| file.auth.admin_password.clone());
 
-        let mut known: HashMap<String, Arc<Upstream>> = previous
-            .map(|p| {
-                p.upstreams
-                    .iter()
-                    .map(|u| (u.base.clone(), Arc::clone(u)))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let mut upstreams: Vec<Arc<Upstream>> = Vec::new();
-        let mut pools: HashMap<&str, Arc<Pool>> = HashMap::new();
-        for (name, urls) in &file.pools {
-            let mut members = Vec::with_capacity(urls.len());
-            for raw in urls {
-                let base = UpstreamUrl::parse(raw)?.base;
-                let upstream = match upstreams.iter().find(|u| u.base == base) {
-                    Some(existing) => Arc::clone(existing),
-                    None => {
-                        let u = known
-                            .remove(&base)
-                            .unwrap_or_else(|| Arc::new(Upstream::new(base.clone())));
-                        upstreams.push(Arc::clone(&u));
-                        u
-                    }
-                };
-                if !members
-                    .iter()
-                    .any(|m: &Arc<Upstream>| Arc::ptr_eq(m, &upstream))
-                {
-                    members.push(upstream);
-                }
-            }
-            pools.insert(
-                name,
-                Arc::new(Pool::new(name.clone(), members, file.upstreams.balance)),
-            );
-        }
-
-        let pool = |name: &str| {
-            pools
-                .get(name)
-                .cloned()
-                .ok_or_else(|| ConfigFileError::Invalid(format!("unknown pool {name:?}")))
-        };
-        let mut routes = Vec::with_capacity(file.routes.len());
-        for r in &file.routes {
-            let canary = match &r.canary {
-                None => None,
-                Some(c) => Some(Canary {
-                    pool: pool(&c.pool)?,
-                    percent: c.percent,
-                    header: c
-                        .header
-                        .as_deref()
-                        .map(|h| HeaderName::from_bytes(h.as_bytes()))
-                        .transpose()
-                        .map_err(|e| ConfigFileError::Invalid(e.to_string()))?,
-                }),
-            };
-            let mut methods = HashMap::new();
-            for (m, access) in &r.methods {
-                let method = Method::from_bytes(m.as_bytes())
-                    .map_err(|e| ConfigFileError::Invalid(e.to_string()))?;
-                methods.insert(method, *access);
-            }
-            routes.push(Route {
-                name: r.display_name().into(),
-                prefix: r.prefix.clone(),
-                rewrite: r.rewrite.clone(),
-                pool: pool(&r.pool)?,
-                access: r.auth,
-                methods,
-                timeout: r.timeout(),
-                retries: r.retries,
-                canary,
-            });
-        }
+        let (upstreams, pools) = build_pools(&file, previous)?;
+        let routes = file
+            .routes
+            .iter()
+            .map(|r| build_route(r, &pools))
+            .collect::<Result<Vec<_>, _>>()?;
 
         let limits = match previous {
             Some(p) if p.limits.config() == &file.rate_limit => Arc::clone(&p.limits),
@@ -176,6 +106,91 @@ impl Runtime {
             file,
         })
     }
+}
+
+/// Pools by name.
+type Pools = HashMap<String, Arc<Pool>>;
+
+/// The upstreams and pools of `file`. An upstream listed by several pools is one shared
+/// instance; one `previous` already had keeps its health state across the reload.
+fn build_pools(
+    file: &FileConfig,
+    previous: Option<&Runtime>,
+) -> Result<(Vec<Arc<Upstream>>, Pools), ConfigFileError> {
+    let mut known: HashMap<String, Arc<Upstream>> = previous
+        .map(|p| {
+            p.upstreams
+                .iter()
+                .map(|u| (u.base.clone(), Arc::clone(u)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut upstreams: Vec<Arc<Upstream>> = Vec::new();
+    let mut pools = HashMap::new();
+    for (name, urls) in &file.pools {
+        let mut members: Vec<Arc<Upstream>> = Vec::with_capacity(urls.len());
+        for raw in urls {
+            let base = UpstreamUrl::parse(raw)?.base;
+            let upstream = match upstreams.iter().find(|u| u.base == base) {
+                Some(existing) => Arc::clone(existing),
+                None => {
+                    let u = known
+                        .remove(&base)
+                        .unwrap_or_else(|| Arc::new(Upstream::new(base.clone())));
+                    upstreams.push(Arc::clone(&u));
+                    u
+                }
+            };
+            if !members.iter().any(|m| Arc::ptr_eq(m, &upstream)) {
+                members.push(upstream);
+            }
+        }
+        pools.insert(
+            name.clone(),
+            Arc::new(Pool::new(name.clone(), members, file.upstreams.balance)),
+        );
+    }
+    Ok((upstreams, pools))
+}
+
+/// One route of the file, its pools looked up in `pools`.
+fn build_route(r: &crate::config::RouteConfig, pools: &Pools) -> Result<Route, ConfigFileError> {
+    let pool = |name: &str| {
+        pools
+            .get(name)
+            .cloned()
+            .ok_or_else(|| ConfigFileError::Invalid(format!("unknown pool {name:?}")))
+    };
+    let canary = match &r.canary {
+        None => None,
+        Some(c) => Some(Canary {
+            pool: pool(&c.pool)?,
+            percent: c.percent,
+            header: c
+                .header
+                .as_deref()
+                .map(|h| HeaderName::from_bytes(h.as_bytes()))
+                .transpose()
+                .map_err(|e| ConfigFileError::Invalid(e.to_string()))?,
+        }),
+    };
+    let mut methods = HashMap::new();
+    for (m, access) in &r.methods {
+        let method = Method::from_bytes(m.as_bytes())
+            .map_err(|e| ConfigFileError::Invalid(e.to_string()))?;
+        methods.insert(method, *access);
+    }
+    Ok(Route {
+        name: r.display_name().into(),
+        prefix: r.prefix.clone(),
+        rewrite: r.rewrite.clone(),
+        pool: pool(&r.pool)?,
+        access: r.auth,
+        methods,
+        timeout: r.timeout(),
+        retries: r.retries,
+        canary,
+    })
 }
 
 #[cfg(test)]

@@ -279,84 +279,10 @@ impl From<OrderError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let detail = self.0.to_string();
-        let (problem, retry) = match &self.0 {
-            OrderError::Invalid(_) => (
-                Problem::unprocessable(detail).with_type("/problems/invalid-input"),
-                false,
-            ),
-            OrderError::BadKey(_) => (
-                Problem::bad_request(detail).with_type("/problems/idempotency-key-invalid"),
-                false,
-            ),
-            OrderError::KeyReused => (
-                Problem::unprocessable(detail).with_type("/problems/idempotency-key-reused"),
-                false,
-            ),
-            OrderError::InFlight => (
-                Problem::conflict(detail).with_type("/problems/request-in-progress"),
-                true,
-            ),
-            OrderError::SoldOut(_) => (
-                Problem::conflict(detail).with_type("/problems/sold-out"),
-                false,
-            ),
-            OrderError::UnknownItem(_) => (
-                Problem::not_found(detail).with_type("/problems/unknown-item"),
-                false,
-            ),
-            OrderError::NotFound => (
-                Problem::not_found(detail).with_type("/problems/no-such-order"),
-                false,
-            ),
-            OrderError::IllegalTransition { .. } => (
-                Problem::conflict(detail).with_type("/problems/illegal-transition"),
-                false,
-            ),
-            // The causes (addresses, transport errors) stay in the log; the client gets what
-            // it can act on.
-            OrderError::StockUnavailable(_) => {
-                tracing::warn!(error = %self.0, "order refused: stock-service unavailable");
-                (
-                    Problem::service_unavailable(
-                        "the stock-service is unavailable; nothing was ordered; retry",
-                    )
-                    .with_type("/problems/stock-unavailable"),
-                    true,
-                )
-            }
-            OrderError::Unknown(_) => {
-                tracing::warn!(error = %self.0, "order outcome unknown");
-                (
-                    Problem::service_unavailable(
-                        "the order's outcome is not known yet; retry with the same Idempotency-Key",
-                    )
-                    .with_type("/problems/outcome-unknown"),
-                    true,
-                )
-            }
-            OrderError::Db(_) | OrderError::GroupDb(_) => {
-                // The database's own text stays in the log.
-                tracing::error!(error = %self.0, "order operation failed");
-                (
-                    Problem::service_unavailable(
-                        "the database failed; retry with the same Idempotency-Key",
-                    )
-                    .with_type("/problems/dependency-failed"),
-                    true,
-                )
-            }
-            OrderError::Redis(_) => {
-                tracing::error!(error = %self.0, "order operation failed");
-                (
-                    Problem::service_unavailable(
-                        "Redis failed; nothing was ordered; retry with the same Idempotency-Key",
-                    )
-                    .with_type("/problems/dependency-failed"),
-                    true,
-                )
-            }
-        };
+        let problem = refusal(&self.0).unwrap_or_else(|| unavailable(&self.0));
+        // 503s and a request still in progress are worth retrying with the same key.
+        let retry = problem.status == StatusCode::SERVICE_UNAVAILABLE
+            || matches!(self.0, OrderError::InFlight);
         let mut response = problem.into_response();
         if retry {
             response
@@ -365,4 +291,55 @@ impl IntoResponse for ApiError {
         }
         response
     }
+}
+
+/// A 4xx the client can act on, with the error's own text (which names nothing internal);
+/// `None` for the failures that are 503s.
+fn refusal(err: &OrderError) -> Option<Problem> {
+    let detail = err.to_string();
+    let (problem, slug) = match err {
+        OrderError::Invalid(_) => (Problem::unprocessable(detail), "invalid-input"),
+        OrderError::BadKey(_) => (Problem::bad_request(detail), "idempotency-key-invalid"),
+        OrderError::KeyReused => (Problem::unprocessable(detail), "idempotency-key-reused"),
+        OrderError::InFlight => (Problem::conflict(detail), "request-in-progress"),
+        OrderError::SoldOut(_) => (Problem::conflict(detail), "sold-out"),
+        OrderError::UnknownItem(_) => (Problem::not_found(detail), "unknown-item"),
+        OrderError::NotFound => (Problem::not_found(detail), "no-such-order"),
+        OrderError::IllegalTransition { .. } => (Problem::conflict(detail), "illegal-transition"),
+        OrderError::StockUnavailable(_)
+        | OrderError::Unknown(_)
+        | OrderError::Db(_)
+        | OrderError::GroupDb(_)
+        | OrderError::Redis(_) => return None,
+    };
+    Some(problem.with_type(format!("/problems/{slug}")))
+}
+
+/// A 503. The cause (a database's or Redis's text, an address, a transport error) stays in
+/// the log; the client gets what it can act on.
+fn unavailable(err: &OrderError) -> Problem {
+    let (detail, slug) = match err {
+        OrderError::StockUnavailable(_) => (
+            "the stock-service is unavailable; nothing was ordered; retry",
+            "stock-unavailable",
+        ),
+        OrderError::Unknown(_) => (
+            "the order's outcome is not known yet; retry with the same Idempotency-Key",
+            "outcome-unknown",
+        ),
+        OrderError::Redis(_) => (
+            "Redis failed; nothing was ordered; retry with the same Idempotency-Key",
+            "dependency-failed",
+        ),
+        _ => (
+            "the database failed; retry with the same Idempotency-Key",
+            "dependency-failed",
+        ),
+    };
+    if slug == "dependency-failed" {
+        tracing::error!(error = %err, "order operation failed");
+    } else {
+        tracing::warn!(error = %err, "order not settled: {slug}");
+    }
+    Problem::service_unavailable(detail).with_type(format!("/problems/{slug}"))
 }

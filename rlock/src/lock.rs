@@ -149,20 +149,8 @@ impl RLock {
         };
         let mut subscription: Option<Subscription> = None;
         loop {
-            // Bounded by the deadline: a stalled Redis must not hold a `try_acquire` past its
-            // wait. Giving up drops the attempt's receiver; the attempt's own task still sees
-            // Redis's answer and gives back a hold granted too late (see `attempt`).
-            let attempted = match deadline {
-                Some(d) => {
-                    // One attempt always gets a round trip's grace, so that a zero wait
-                    // still means "try once".
-                    let bound = d.max(Instant::now() + ATTEMPT_GRACE);
-                    match tokio::time::timeout_at(bound, self.attempt(state, lease_ms)).await {
-                        Ok(attempted) => attempted,
-                        Err(_) => return timed_out(),
-                    }
-                }
-                None => self.attempt(state, lease_ms).await,
+            let Some(attempted) = self.attempt_within(deadline, state, lease_ms).await else {
+                return timed_out();
             };
             let (returned, attempt) = attempted.inspect_err(|_| {
                 client
@@ -208,6 +196,26 @@ impl RLock {
             let until = deadline.map_or(now + ttl, |d| d.min(now + ttl));
             let _ = tokio::time::timeout_at(until, sub.notified()).await;
         }
+    }
+
+    /// [`RLock::attempt`], bounded by `deadline`: a stalled Redis must not hold a
+    /// `try_acquire` past its wait. One attempt always gets [`ATTEMPT_GRACE`], so that a zero
+    /// wait still means "try once". `None` when the bound passed: giving up drops the
+    /// attempt's receiver, and the attempt's own task still reads Redis's answer and gives back
+    /// a hold granted too late.
+    async fn attempt_within(
+        &self,
+        deadline: Option<Instant>,
+        state: OwnedMutexGuard<OwnerState>,
+        lease_ms: u64,
+    ) -> Option<Result<(OwnedMutexGuard<OwnerState>, Attempt)>> {
+        let Some(d) = deadline else {
+            return Some(self.attempt(state, lease_ms).await);
+        };
+        let bound = d.max(Instant::now() + ATTEMPT_GRACE);
+        tokio::time::timeout_at(bound, self.attempt(state, lease_ms))
+            .await
+            .ok()
     }
 
     /// One run of the acquire script in its own task, owning the state lock. If the caller

@@ -149,6 +149,27 @@ impl ShopUrls {
     }
 }
 
+/// What every service process of a shop shares: its log filter, its Redis, its key prefixes
+/// (so that shops sharing one Redis keep apart).
+struct Common {
+    log_filter: String,
+    redis_url: String,
+    key_prefix: String,
+}
+
+impl Common {
+    /// `bin` listening on `port`, with the shared environment.
+    fn command(&self, bin: &Path, port: u16) -> Command {
+        let mut cmd = Command::new(bin);
+        cmd.env("BIND_ADDR", format!("127.0.0.1:{port}"))
+            .env("RUST_LOG", &self.log_filter)
+            .env("REDIS_URL", &self.redis_url)
+            .env("STOCK_KEY_PREFIX", &self.key_prefix)
+            .env("ORDER_KEY_PREFIX", format!("{}-orders", self.key_prefix));
+        cmd
+    }
+}
+
 /// One child process of the shop, and what it takes to start it again.
 struct Proc {
     name: String,
@@ -233,6 +254,24 @@ pub struct Shop {
 }
 
 impl Shop {
+    /// A shop with no process yet, its logs in `log_dir`, on the databases `database_urls`
+    /// (stock, orders).
+    fn empty(log_dir: PathBuf, database_urls: [String; 2]) -> Shop {
+        Shop {
+            procs: Vec::new(),
+            urls: ShopUrls {
+                gateway: String::new(),
+                gateway_metrics: String::new(),
+                stock: Vec::new(),
+                orders: Vec::new(),
+            },
+            log_dir,
+            databases: database_urls.clone().map(|u| redact_db(&u)),
+            database_urls,
+            left_dead: Vec::new(),
+        }
+    }
+
     /// Starts the stock-services, the order-services and then the gateway, each once the
     /// previous ones answer `/healthz`. `binaries` comes from [`build`].
     pub fn start(
@@ -257,71 +296,78 @@ impl Shop {
         let log_dir = options.run_dir.join("logs");
         fs::create_dir_all(&log_dir).with_context(|| format!("creating {}", log_dir.display()))?;
 
-        let mut shop = Shop {
-            procs: Vec::new(),
-            urls: ShopUrls {
-                gateway: String::new(),
-                gateway_metrics: String::new(),
-                stock: Vec::new(),
-                orders: Vec::new(),
-            },
-            log_dir: log_dir.clone(),
-            databases: [redact_db(&stock_db), redact_db(&orders_db)],
-            database_urls: [stock_db.clone(), orders_db.clone()],
-            left_dead: Vec::new(),
+        let mut shop = Shop::empty(log_dir, [stock_db.clone(), orders_db.clone()]);
+        let common = Common {
+            log_filter: options.log_filter.clone(),
+            redis_url: options
+                .redis_url
+                .clone()
+                .unwrap_or_else(|| services.redis_url.clone()),
+            key_prefix: format!("shop-{}", options.name),
         };
-        let key_prefix = format!("shop-{}", options.name);
-        let redis_url = options
-            .redis_url
-            .clone()
-            .unwrap_or_else(|| services.redis_url.clone());
-        let common = |cmd: &mut Command, port: u16| {
-            cmd.env("BIND_ADDR", format!("127.0.0.1:{port}"))
-                .env("RUST_LOG", &options.log_filter)
-                .env("REDIS_URL", &redis_url)
-                .env("STOCK_KEY_PREFIX", &key_prefix)
-                .env("ORDER_KEY_PREFIX", format!("{key_prefix}-orders"));
-        };
+        shop.start_stock_services(&stock_bin, &common, options, &stock_db)?;
+        shop.start_order_services(&order_bin, &common, options, &orders_db)?;
+        shop.start_gateway(&gateway_bin, options)?;
+        Ok(shop)
+    }
 
+    fn start_stock_services(
+        &mut self,
+        bin: &Path,
+        common: &Common,
+        options: &ShopOptions,
+        database_url: &str,
+    ) -> anyhow::Result<()> {
         for i in 1..=options.instances {
             let port = testkit::free_port()?;
-            let mut cmd = Command::new(&stock_bin);
-            common(&mut cmd, port);
-            cmd.env("DATABASE_URL", &stock_db)
+            let mut cmd = common.command(bin, port);
+            cmd.env("DATABASE_URL", database_url)
                 .env("STOCK_STRATEGY", &options.strategy)
                 .envs(options.stock_env.iter().map(|(k, v)| (k, v)));
             let url = format!("http://127.0.0.1:{port}");
-            shop.spawn(&format!("stock-service-{i}"), cmd, &url)?;
-            shop.urls.stock.push(url);
+            self.spawn(&format!("stock-service-{i}"), cmd, &url)?;
+            self.urls.stock.push(url);
         }
+        Ok(())
+    }
+
+    /// Every order-service talks to every stock-service (balanced, failed ones ejected), each
+    /// list starting at its own instance; both stock-services contend for the same locks.
+    fn start_order_services(
+        &mut self,
+        bin: &Path,
+        common: &Common,
+        options: &ShopOptions,
+        database_url: &str,
+    ) -> anyhow::Result<()> {
         for i in 1..=options.instances {
             let port = testkit::free_port()?;
-            let mut cmd = Command::new(&order_bin);
-            common(&mut cmd, port);
-            // Every order-service talks to every stock-service (balanced, failed ones ejected),
-            // each list starting at its own instance; both stock-services contend for the
-            // same locks.
-            let n = shop.urls.stock.len();
+            let mut cmd = common.command(bin, port);
+            let n = self.urls.stock.len();
             let stock: Vec<&str> = (0..n)
-                .map(|k| shop.urls.stock[(i - 1 + k) % n].as_str())
+                .map(|k| self.urls.stock[(i - 1 + k) % n].as_str())
                 .collect();
-            cmd.env("DATABASE_URL", &orders_db)
+            cmd.env("DATABASE_URL", database_url)
                 .env("STOCK_URL", stock.join(","))
                 .envs(options.order_env.iter().map(|(k, v)| (k, v)));
             let url = format!("http://127.0.0.1:{port}");
-            shop.spawn(&format!("order-service-{i}"), cmd, &url)?;
-            shop.urls.orders.push(url);
+            self.spawn(&format!("order-service-{i}"), cmd, &url)?;
+            self.urls.orders.push(url);
         }
+        Ok(())
+    }
 
+    /// The gateway, its configuration written with pools over the instances started.
+    fn start_gateway(&mut self, bin: &Path, options: &ShopOptions) -> anyhow::Result<()> {
         let port = match options.gateway_port {
             0 => testkit::free_port()?,
             p => p,
         };
         let metrics_port = testkit::free_port()?;
         let config = options.run_dir.join("gateway.toml");
-        fs::write(&config, gateway_config(&shop.urls, options.rate_limits)?)
+        fs::write(&config, gateway_config(&self.urls, options.rate_limits)?)
             .with_context(|| format!("writing {}", config.display()))?;
-        let mut cmd = Command::new(&gateway_bin);
+        let mut cmd = Command::new(bin);
         cmd.env("BIND_ADDR", format!("127.0.0.1:{port}"))
             .env("METRICS_ADDR", format!("127.0.0.1:{metrics_port}"))
             .env("GATEWAY_CONFIG", &config)
@@ -329,10 +375,10 @@ impl Shop {
             .env("JWT_SECRET", random_secret())
             .env("RUST_LOG", &options.log_filter);
         let url = format!("http://127.0.0.1:{port}");
-        shop.spawn("gateway", cmd, &url)?;
-        shop.urls.gateway = url;
-        shop.urls.gateway_metrics = format!("http://127.0.0.1:{metrics_port}/metrics");
-        Ok(shop)
+        self.spawn("gateway", cmd, &url)?;
+        self.urls.gateway = url;
+        self.urls.gateway_metrics = format!("http://127.0.0.1:{metrics_port}/metrics");
+        Ok(())
     }
 
     /// Starts one process with its output in `<log_dir>/<name>.log` and waits until
@@ -608,19 +654,7 @@ mod tests {
     fn shop_of(script: &str) -> Shop {
         let dir = std::env::temp_dir().join(format!("xtask-supervise-{}", std::process::id()));
         fs::create_dir_all(&dir).unwrap();
-        let mut shop = Shop {
-            procs: Vec::new(),
-            urls: ShopUrls {
-                gateway: String::new(),
-                gateway_metrics: String::new(),
-                stock: Vec::new(),
-                orders: Vec::new(),
-            },
-            log_dir: dir,
-            databases: [String::new(), String::new()],
-            database_urls: [String::new(), String::new()],
-            left_dead: Vec::new(),
-        };
+        let mut shop = Shop::empty(dir, [String::new(), String::new()]);
         let mut cmd = Command::new("sh");
         cmd.args(["-c", script]);
         let log = shop.log_dir.join("p.log");

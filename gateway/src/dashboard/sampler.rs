@@ -267,6 +267,31 @@ pub(crate) struct Sampler {
     latest: Latest,
 }
 
+/// What one sampling round gathers over the instances' readings.
+#[derive(Default)]
+struct Round {
+    lock_deltas: BTreeMap<LockKey, Buckets>,
+    oversold_by_sku: BTreeMap<String, f64>,
+    oversold_exported: bool,
+    any_ok: bool,
+}
+
+/// p50, p99 and count of each lock-wait series' deltas (at most [`MAX_LOCK_SERIES`]).
+fn quantiles(lock_deltas: BTreeMap<LockKey, Buckets>) -> BTreeMap<LockKey, Quantiles> {
+    lock_deltas
+        .into_iter()
+        .take(MAX_LOCK_SERIES)
+        .map(|(key, buckets)| {
+            let quantiles = Quantiles {
+                p50: stats::quantile(0.5, &buckets),
+                p99: stats::quantile(0.99, &buckets),
+                count: stats::total(&buckets),
+            };
+            (key, quantiles)
+        })
+        .collect()
+}
+
 impl Sampler {
     /// Adds a point from the counters read at `now` (unix time `at`) and the scrapes.
     pub(crate) fn record(
@@ -279,10 +304,7 @@ impl Sampler {
         let qps = self.qps(now, counts);
         self.instances
             .retain(|base, _| scrapes.iter().any(|s| s.base == *base));
-        let mut lock_deltas: BTreeMap<LockKey, Buckets> = BTreeMap::new();
-        let mut oversold_by_sku: BTreeMap<String, f64> = BTreeMap::new();
-        let mut oversold_exported = false;
-        let mut any_ok = false;
+        let mut round = Round::default();
         let mut upstreams = Vec::with_capacity(scrapes.len());
         for Scraped {
             base,
@@ -294,74 +316,25 @@ impl Sampler {
                 let samples = prom::parse(&text)?;
                 Ok(Reading::from_samples(&samples))
             });
-            let reading = match parsed {
-                Ok(reading) => reading,
-                Err(error) => {
-                    upstreams.push(UpstreamStatus {
-                        url: base,
-                        pools,
-                        ok: false,
-                        error: Some(error.to_string()),
-                    });
-                    continue;
+            let error = match parsed {
+                Ok(reading) => {
+                    self.absorb(&base, reading, &mut round);
+                    None
                 }
+                Err(error) => Some(error.to_string()),
             };
-            any_ok = true;
-            let instance = self.instances.entry(base.clone()).or_default();
-            for (key, current) in &reading.lock_wait {
-                if let Some(delta) = stats::delta(current, instance.lock_wait.get(key)) {
-                    let strategy = LockKey {
-                        strategy: key.strategy.clone(),
-                        segment: None,
-                    };
-                    if key.segment.is_some() {
-                        stats::merge(lock_deltas.entry(key.clone()).or_default(), &delta);
-                    }
-                    stats::merge(lock_deltas.entry(strategy).or_default(), &delta);
-                }
-            }
-            instance.lock_wait = reading.lock_wait;
-            for (key, value) in &reading.stock {
-                // The freshest level wins: the instance whose value moved (or a new series).
-                let moved = instance.stock.get(key) != Some(value);
-                let known = self.stock.contains_key(key);
-                if (moved || !known) && (known || self.stock.len() < MAX_STOCK_SERIES) {
-                    self.stock.insert(key.clone(), *value);
-                } else if !known {
-                    self.latest.stock_series_dropped = true;
-                }
-            }
-            instance.stock = reading.stock;
-            if !reading.oversold.is_empty() {
-                oversold_exported = true;
-            }
-            for (sku, units) in reading.oversold {
-                let entry = oversold_by_sku.entry(sku).or_insert(0.0);
-                *entry = entry.max(units);
-            }
             upstreams.push(UpstreamStatus {
                 url: base,
                 pools,
-                ok: true,
-                error: None,
+                ok: error.is_none(),
+                error,
             });
         }
-        let lock_wait = lock_deltas
-            .into_iter()
-            .take(MAX_LOCK_SERIES)
-            .map(|(key, buckets)| {
-                let quantiles = Quantiles {
-                    p50: stats::quantile(0.5, &buckets),
-                    p99: stats::quantile(0.99, &buckets),
-                    count: stats::total(&buckets),
-                };
-                (key, quantiles)
-            })
-            .collect();
-        let oversold = any_ok.then(|| oversold_by_sku.values().sum());
+        let lock_wait = quantiles(round.lock_deltas);
+        let oversold = round.any_ok.then(|| round.oversold_by_sku.values().sum());
         self.latest.upstreams = upstreams;
-        self.latest.oversold_by_sku = oversold_by_sku;
-        self.latest.oversold_exported = oversold_exported;
+        self.latest.oversold_by_sku = round.oversold_by_sku;
+        self.latest.oversold_exported = round.oversold_exported;
         self.history.push_back(Point {
             at,
             qps,
@@ -369,6 +342,44 @@ impl Sampler {
             stock: self.stock.clone(),
             oversold,
         });
+    }
+
+    /// One instance's reading: its lock-wait histogram deltas since its last reading (per
+    /// segment and per strategy), the freshest stock levels, its oversold units.
+    fn absorb(&mut self, base: &str, reading: Reading, round: &mut Round) {
+        round.any_ok = true;
+        let instance = self.instances.entry(base.to_owned()).or_default();
+        for (key, current) in &reading.lock_wait {
+            if let Some(delta) = stats::delta(current, instance.lock_wait.get(key)) {
+                let strategy = LockKey {
+                    strategy: key.strategy.clone(),
+                    segment: None,
+                };
+                if key.segment.is_some() {
+                    stats::merge(round.lock_deltas.entry(key.clone()).or_default(), &delta);
+                }
+                stats::merge(round.lock_deltas.entry(strategy).or_default(), &delta);
+            }
+        }
+        instance.lock_wait = reading.lock_wait;
+        for (key, value) in &reading.stock {
+            // The freshest level wins: the instance whose value moved (or a new series).
+            let moved = instance.stock.get(key) != Some(value);
+            let known = self.stock.contains_key(key);
+            if (moved || !known) && (known || self.stock.len() < MAX_STOCK_SERIES) {
+                self.stock.insert(key.clone(), *value);
+            } else if !known {
+                self.latest.stock_series_dropped = true;
+            }
+        }
+        instance.stock = reading.stock;
+        if !reading.oversold.is_empty() {
+            round.oversold_exported = true;
+        }
+        for (sku, units) in reading.oversold {
+            let entry = round.oversold_by_sku.entry(sku).or_insert(0.0);
+            *entry = entry.max(units);
+        }
     }
 
     fn qps(&mut self, now: Instant, counts: RequestCounts) -> Option<Qps> {

@@ -180,21 +180,7 @@ async fn answers(
             continue;
         }
         let in_db = by_key.get(&(k.user.clone(), k.key.clone()));
-        let ok = match (k.status, &k.order_id) {
-            (201, Some(id)) => {
-                let want = match k.action {
-                    Action::Paid => Some("paid"),
-                    Action::Cancelled => Some("cancelled"),
-                    Action::None => Some("reserved"),
-                    Action::Unconfirmed => None,
-                };
-                let is = statuses.get(id).map(String::as_str);
-                is.is_some() && (want.is_none() || want == is)
-            }
-            (409, _) => !in_db.is_some_and(|s| s == "reserved" || s == "paid" || s == "pending"),
-            _ => true,
-        };
-        if !ok {
+        if !agrees(k, in_db.map(String::as_str), statuses) {
             f.wrong_answers += 1;
             if samples.len() < 3 {
                 samples.push(format!(
@@ -216,4 +202,24 @@ async fn answers(
             .push(format!("{} keys without a final answer", f.unanswered));
     }
     Ok(())
+}
+
+/// Whether a key's last answer agrees with the database: a 201 is an order that exists, in the
+/// state the client was last told (paid, cancelled, or still reserved); a 409 is a key without
+/// a live order (`key_order`: the status of the key's order, if it has one).
+fn agrees(k: &KeyOutcome, key_order: Option<&str>, statuses: &HashMap<String, String>) -> bool {
+    match (k.status, &k.order_id) {
+        (201, Some(id)) => {
+            let want = match k.action {
+                Action::Paid => Some("paid"),
+                Action::Cancelled => Some("cancelled"),
+                Action::None => Some("reserved"),
+                Action::Unconfirmed => None,
+            };
+            let is = statuses.get(id).map(String::as_str);
+            is.is_some() && (want.is_none() || want == is)
+        }
+        (409, _) => !matches!(key_order, Some("reserved" | "paid" | "pending")),
+        _ => true,
+    }
 }

@@ -182,6 +182,43 @@ fn options(args: &ChaosArgs, n: usize, redis_url: Option<String>) -> anyhow::Res
     })
 }
 
+/// What a fault needs besides the shop: a replicated Redis, RedLock masters.
+struct Stage {
+    replicated: Option<Replicated>,
+    masters: Vec<testkit::RedisServer>,
+}
+
+impl Stage {
+    fn for_fault(fault: Fault) -> anyhow::Result<Stage> {
+        let replicated = if fault.needs_replica() {
+            Some(Replicated::start()?)
+        } else {
+            None
+        };
+        let masters = (0..fault.redlock_masters())
+            .map(|_| testkit::RedisServer::start())
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Stage {
+            replicated,
+            masters,
+        })
+    }
+
+    /// The scenario's shop: on the replicated Redis when there is one, `redlock` over the
+    /// masters when there are some.
+    fn shop_options(&self, args: &ChaosArgs, n: usize) -> anyhow::Result<ShopOptions> {
+        let mut options = options(args, n, self.replicated.as_ref().map(Replicated::url))?;
+        if !self.masters.is_empty() {
+            let urls: Vec<String> = self.masters.iter().map(testkit::RedisServer::url).collect();
+            options.strategy = "redlock".into();
+            options
+                .stock_env
+                .push(("REDLOCK_URLS".into(), urls.join(",")));
+        }
+        Ok(options)
+    }
+}
+
 /// One scenario on a fresh shop.
 fn scenario(
     args: &ChaosArgs,
@@ -190,22 +227,8 @@ fn scenario(
     n: usize,
     fault: Fault,
 ) -> anyhow::Result<Row> {
-    let mut replicated = if fault.needs_replica() {
-        Some(Replicated::start()?)
-    } else {
-        None
-    };
-    let mut masters = (0..fault.redlock_masters())
-        .map(|_| testkit::RedisServer::start())
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let mut options = options(args, n, replicated.as_ref().map(Replicated::url))?;
-    if !masters.is_empty() {
-        let urls: Vec<String> = masters.iter().map(testkit::RedisServer::url).collect();
-        options.strategy = "redlock".into();
-        options
-            .stock_env
-            .push(("REDLOCK_URLS".into(), urls.join(",")));
-    }
+    let mut stage = Stage::for_fault(fault)?;
+    let options = stage.shop_options(args, n)?;
     let mut shop = Shop::start(services, binaries, &options)?;
     if let Some(name) = fault.keeps_dead() {
         shop.leave_dead(name);
@@ -225,27 +248,10 @@ fn scenario(
         pace: Duration::from_millis(60),
         users: format!("chaos{n}"),
     };
+    let (tally, sale_time) = sell_under(&mut shop, services, &mut stage, fault, &sale)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let (tally, sale_time) = thread::scope(|scope| -> anyhow::Result<_> {
-        let started = Instant::now();
-        let sold = scope.spawn(|| buyers::run(&sale));
-        let faulted = drive(
-            &mut shop,
-            services,
-            replicated.as_mut(),
-            &mut masters,
-            fault,
-            started,
-            || sold.is_finished(),
-        );
-        let tally = sold
-            .join()
-            .map_err(|_| anyhow::anyhow!("the sale panicked"))?;
-        faulted?;
-        Ok((tally, started.elapsed()))
-    })?;
     settle(&mut shop, &runtime)?;
     let (stock_db, orders_db) = shop.database_urls();
     let findings = runtime.block_on(audit::audit(
@@ -255,17 +261,57 @@ fn scenario(
         PURCHASE_LIMIT,
         &tally.keys,
     ))?;
+    shop.stop();
+    Ok(row(args, fault, &tally, findings, sale_time))
+}
+
+/// Run the sale on its threads while [`drive`] injects the fault; the clients' tally and how
+/// long the sale took.
+fn sell_under(
+    shop: &mut Shop,
+    services: &mut Services,
+    stage: &mut Stage,
+    fault: Fault,
+    sale: &buyers::Sale,
+) -> anyhow::Result<(buyers::Tally, Duration)> {
+    thread::scope(|scope| {
+        let started = Instant::now();
+        let sold = scope.spawn(|| buyers::run(sale));
+        let faulted = drive(
+            shop,
+            services,
+            stage.replicated.as_mut(),
+            &mut stage.masters,
+            fault,
+            started,
+            || sold.is_finished(),
+        );
+        let tally = sold
+            .join()
+            .map_err(|_| anyhow::anyhow!("the sale panicked"))?;
+        faulted?;
+        Ok((tally, started.elapsed()))
+    })
+}
+
+/// The scenario's row: the audit's findings, and a sale that never sold out counted as a
+/// violation (with twice as many buyers as units, it did not run as intended and proves
+/// nothing).
+fn row(
+    args: &ChaosArgs,
+    fault: Fault,
+    tally: &buyers::Tally,
+    findings: audit::Findings,
+    sale: Duration,
+) -> Row {
     let mut violations = findings.violations;
     if args.buyers as i64 >= 2 * args.stock && tally.first_refusal.is_none() {
-        // Twice as many buyers as units: a sale that never says "sold out" did not run as
-        // intended (and proves nothing).
         violations.push(format!(
             "the item never sold out ({} of {} units held)",
             findings.held, args.stock
         ));
     }
-    shop.stop();
-    Ok(Row {
+    Row {
         label: fault.label(),
         sold: findings.held,
         oversold: findings.oversold,
@@ -273,10 +319,10 @@ fn scenario(
         unanswered: findings.unanswered,
         pending: findings.pending,
         server_errors: tally.server_errors,
-        sale: sale_time,
+        sale,
         sold_out_after: tally.first_refusal,
         violations,
-    })
+    }
 }
 
 /// While the sale runs: inject the fault at [`FAULT_AFTER`] (and end it when it lasts), and
