@@ -108,26 +108,7 @@ fn sale(args: &DemoArgs, shop: &Shop, loadtest: &std::path::Path) -> anyhow::Res
             log.display()
         ),
     );
-    let mut cmd = Command::new(loadtest);
-    cmd.args(["--target", &shop.urls.gateway])
-        .args(["--scenario", "flash-sale"])
-        .args(["--sku", &sku])
-        .args(["--stock", &args.stock.to_string()])
-        .args(["--segments", &args.segments.to_string()])
-        .args(["--users", &args.users.to_string()])
-        .args(["--run-time", &args.run_time])
-        .args(["--settle", "5s"])
-        .arg("--report-dir")
-        .arg(&report_dir)
-        .env("ADMIN_PASSWORD", &args.shop.admin_password);
-    for url in shop.urls.metrics() {
-        cmd.args(["--scrape", &url]);
-    }
-    let file = fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::from(file.try_clone()?))
-        .stderr(Stdio::from(file));
-    let mut child = cmd.spawn().context("starting the load test")?;
+    let mut child = start_loadtest(args, shop, loadtest, &sku, &report_dir, &log)?;
 
     let done = Arc::new(AtomicBool::new(false));
     let progress = {
@@ -142,6 +123,46 @@ fn sale(args: &DemoArgs, shop: &Shop, loadtest: &std::path::Path) -> anyhow::Res
     done.store(true, Ordering::SeqCst);
     let _ = progress.join();
 
+    Ok(verdict(&report_dir, &log, status))
+}
+
+/// The load test against the shop's gateway, its output in `log`.
+fn start_loadtest(
+    args: &DemoArgs,
+    shop: &Shop,
+    loadtest: &std::path::Path,
+    sku: &str,
+    report_dir: &std::path::Path,
+    log: &std::path::Path,
+) -> anyhow::Result<std::process::Child> {
+    let mut cmd = Command::new(loadtest);
+    cmd.args(["--target", &shop.urls.gateway])
+        .args(["--scenario", "flash-sale"])
+        .args(["--sku", sku])
+        .args(["--stock", &args.stock.to_string()])
+        .args(["--segments", &args.segments.to_string()])
+        .args(["--users", &args.users.to_string()])
+        .args(["--run-time", &args.run_time])
+        .args(["--settle", "5s"])
+        .arg("--report-dir")
+        .arg(report_dir)
+        .env("ADMIN_PASSWORD", &args.shop.admin_password);
+    for url in shop.urls.metrics() {
+        cmd.args(["--scrape", &url]);
+    }
+    let file = fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::from(file.try_clone()?))
+        .stderr(Stdio::from(file));
+    cmd.spawn().context("starting the load test")
+}
+
+/// Prints the summary and the verdict the load test's exit `status` gives.
+fn verdict(
+    report_dir: &std::path::Path,
+    log: &std::path::Path,
+    status: std::process::ExitStatus,
+) -> ExitCode {
     step(5, STEPS, "verdict");
     let summary = report_dir.join("summary.md");
     match fs::read_to_string(&summary) {
@@ -152,7 +173,7 @@ fn sale(args: &DemoArgs, shop: &Shop, loadtest: &std::path::Path) -> anyhow::Res
         "reports: {} (goose report.html, report.json, summary.md, summary.json)",
         report_dir.display()
     );
-    Ok(match status.code() {
+    match status.code() {
         Some(0) => {
             println!("VERDICT: PASSED (no unit oversold, books balance)");
             ExitCode::SUCCESS
@@ -165,11 +186,11 @@ fn sale(args: &DemoArgs, shop: &Shop, loadtest: &std::path::Path) -> anyhow::Res
             println!(
                 "the load test could not run ({status}); the end of {}:\n{}",
                 log.display(),
-                shop::tail(&log)
+                shop::tail(log)
             );
             ExitCode::FAILURE
         }
-    })
+    }
 }
 
 /// Prints one line per second with the units left, until `done`.
