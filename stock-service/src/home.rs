@@ -42,6 +42,10 @@ impl Stock {
     /// The instance's home is `segment` of `sku` and its lock was busy: another instance works
     /// there; move on (see [`Stock::move_home`]).
     pub(crate) fn leave_contended_home(&self, sku: &str, segment: i32) {
+        // Only combined deductions have a home (alone, each request starts at random).
+        if !self.combining() {
+            return;
+        }
         let Some(segments) = self.shapes.segments(sku) else {
             return;
         };
