@@ -9,6 +9,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::task::AbortHandle;
 
 use crate::config::LockConfig;
+use crate::fair::{Cohorts, FairLock};
 use crate::keys::{self, LockKeys};
 use crate::lock::RLock;
 use crate::metrics::LockMetrics;
@@ -32,6 +33,8 @@ pub(crate) struct ClientInner {
     pub(crate) config: LockConfig,
     pub(crate) pubsub: PubSubHub,
     pub(crate) watchdog: Watchdog,
+    /// This process's side of each fair lock in use (local queue, current tenure).
+    pub(crate) cohorts: Cohorts,
     pub(crate) metrics: LockMetrics,
     /// The runtime the client was made in: a guard dropped outside any runtime (a plain
     /// thread) still releases its hold there.
@@ -60,12 +63,14 @@ impl LockClient {
         let conn = client
             .get_connection_manager_with_config(manager_config(&config))
             .await?;
-        let pubsub = PubSubHub::start(client).await?;
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let pubsub = PubSubHub::start(client, &id).await?;
         let interval = config.renewal_interval();
         let inner = Arc::new_cyclic(|weak| ClientInner {
-            id: uuid::Uuid::new_v4().simple().to_string(),
+            id,
             conn,
             pubsub,
+            cohorts: Cohorts::default(),
             watchdog: Watchdog::default(),
             metrics: LockMetrics::new(meter),
             owner_seq: AtomicU64::new(0),
@@ -86,6 +91,14 @@ impl LockClient {
             self.keys(name),
             self.new_owner(),
         ))
+    }
+
+    /// A fair lock named `name` with a new local owner identity: waiters are served in
+    /// arrival order across processes, each release hands the lock straight to the next
+    /// waiter (see [`FairLock`]). Names must be non-empty and contain no braces.
+    pub fn fair_lock(&self, name: &str) -> Result<FairLock> {
+        keys::validate_name(name)?;
+        FairLock::new(&self.inner, name)
     }
 
     /// Several locks taken together, all or nothing, in a canonical order (see [`MultiLock`]).

@@ -38,6 +38,13 @@ pub struct LockConfig {
     pub connection_timeout: Duration,
     /// Require replica acknowledgement of each new acquisition (default off).
     pub replica_sync: Option<ReplicaSync>,
+    /// Fair locks: how many times in a row a release may pass the lock to another task of
+    /// the same client without going through Redis, while other clients may be queued
+    /// (bounded barging; 0 is strict FIFO across clients). See docs/locking.md.
+    pub fair_local_handoffs: u32,
+    /// Fair locks: a queued client that has not refreshed its place for this long is taken
+    /// out of the queue (it died or is paused); waiting clients refresh every third of it.
+    pub fair_waiter_timeout: Duration,
 }
 
 impl Default for LockConfig {
@@ -49,6 +56,8 @@ impl Default for LockConfig {
             response_timeout: Duration::from_secs(3),
             connection_timeout: Duration::from_secs(1),
             replica_sync: None,
+            fair_local_handoffs: 8,
+            fair_waiter_timeout: Duration::from_secs(3),
         }
     }
 }
@@ -63,6 +72,16 @@ impl LockConfig {
         if self.watchdog_timeout < Duration::from_millis(30) {
             return Err(crate::LockError::InvalidArgument(
                 "watchdog_timeout must be at least 30 ms".into(),
+            ));
+        }
+        if self.fair_waiter_timeout < Duration::from_millis(30) {
+            return Err(crate::LockError::InvalidArgument(
+                "fair_waiter_timeout must be at least 30 ms".into(),
+            ));
+        }
+        if self.fair_local_handoffs > 1 << 20 {
+            return Err(crate::LockError::InvalidArgument(
+                "fair_local_handoffs must be at most 2^20".into(),
             ));
         }
         if self.watchdog_batch_size == 0 {

@@ -32,6 +32,7 @@
 mod client;
 mod config;
 mod error;
+mod fair;
 mod keys;
 mod lock;
 pub mod metrics;
@@ -44,6 +45,7 @@ mod watchdog;
 pub use client::LockClient;
 pub use config::{Lease, LockConfig, ReplicaSync};
 pub use error::{LockError, Result};
+pub use fair::{FairGuard, FairKeys, FairLock};
 pub use keys::LockKeys;
 pub use lock::{LockGuard, RLock};
 pub use multi::{MultiGuard, MultiLock};

@@ -545,25 +545,7 @@ impl LockGuard {
     /// Resolves when the lock is lost (see [`LockGuard::is_lost`]). Never resolves while the
     /// lease keeps being renewed.
     pub fn lost(&self) -> impl Future<Output = ()> + Send + 'static {
-        let mut rx = self.lease.clone();
-        async move {
-            loop {
-                let s = *rx.borrow_and_update();
-                if s.lost || Instant::now() >= s.valid_until {
-                    return;
-                }
-                tokio::select! {
-                    changed = rx.changed() => {
-                        if changed.is_err() {
-                            // Sender gone: the acquisition ended; only the deadline is left.
-                            tokio::time::sleep_until(s.valid_until).await;
-                            return;
-                        }
-                    }
-                    () = tokio::time::sleep_until(s.valid_until) => {}
-                }
-            }
-        }
+        crate::watchdog::lost(self.lease.clone())
     }
 
     /// Give up the guard but keep the hold: the watchdog (if any) keeps renewing it, and

@@ -3,8 +3,12 @@
 //! the lock's channel and one local waiter is woken (a stored permit if none is waiting yet,
 //! so a message that arrives between a failed attempt and the wait is not lost). Waiters also
 //! cap every wait at the holder's remaining TTL, so a lost message costs at most one TTL.
+//!
+//! A fair lock's grant (`<client id>:<token>` on its grant channel) wakes only the client it
+//! names: the others ignore it, so a hand-off sets off no herd.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -16,12 +20,16 @@ use tokio::task::AbortHandle;
 #[derive(Debug)]
 struct ChannelEntry {
     notify: Arc<Notify>,
+    /// The highest token granted to this client on this channel (fair locks).
+    granted: Arc<AtomicU64>,
     refs: usize,
 }
 
 #[derive(Debug)]
 struct HubShared {
     client: redis::Client,
+    /// `<client id>:`, the prefix of grants addressed to this client.
+    grant_prefix: String,
     /// Channel name -> local waiters. Changed only while `sink` is locked, so the map and the
     /// server's subscriptions change in the same order.
     channels: Mutex<HashMap<String, ChannelEntry>>,
@@ -57,10 +65,11 @@ impl Drop for PubSubHub {
 
 impl PubSubHub {
     /// Connect and start the reader task.
-    pub(crate) async fn start(client: redis::Client) -> redis::RedisResult<Self> {
+    pub(crate) async fn start(client: redis::Client, client_id: &str) -> redis::RedisResult<Self> {
         let (sink, stream) = client.get_async_pubsub().await?.split();
         let shared = Arc::new(HubShared {
             client,
+            grant_prefix: format!("{client_id}:"),
             channels: Mutex::new(HashMap::new()),
             sink: tokio::sync::Mutex::new(Some(sink)),
         });
@@ -72,21 +81,20 @@ impl PubSubHub {
     /// for Redis to confirm it, so a release published after this returns is seen.
     pub(crate) async fn subscribe(&self, channel: &str) -> redis::RedisResult<Subscription> {
         let mut sink = self.shared.sink.lock().await;
-        let notify = {
+        let subscription = {
             let mut channels = self.shared.channels();
             if let Some(entry) = channels.get_mut(channel) {
                 entry.refs += 1;
-                return Ok(Subscription::new(&self.shared, channel, &entry.notify));
+                return Ok(Subscription::new(&self.shared, channel, entry));
             }
-            let notify = Arc::new(Notify::new());
-            channels.insert(
-                channel.to_owned(),
-                ChannelEntry {
-                    notify: Arc::clone(&notify),
-                    refs: 1,
-                },
-            );
-            notify
+            let entry = ChannelEntry {
+                notify: Arc::new(Notify::new()),
+                granted: Arc::new(AtomicU64::new(0)),
+                refs: 1,
+            };
+            let subscription = Subscription::new(&self.shared, channel, &entry);
+            channels.insert(channel.to_owned(), entry);
+            subscription
         };
         if let Some(s) = sink.as_mut()
             && let Err(err) = s.subscribe(channel).await
@@ -96,7 +104,7 @@ impl PubSubHub {
             // waiter's TTL cap bounds its wait.
             tracing::debug!(%channel, error = %err, "subscribe failed; relying on resubscription");
         }
-        Ok(Subscription::new(&self.shared, channel, &notify))
+        Ok(subscription)
     }
 }
 
@@ -107,20 +115,27 @@ pub(crate) struct Subscription {
     shared: Arc<HubShared>,
     channel: String,
     notify: Arc<Notify>,
+    granted: Arc<AtomicU64>,
 }
 
 impl Subscription {
-    fn new(shared: &Arc<HubShared>, channel: &str, notify: &Arc<Notify>) -> Self {
+    fn new(shared: &Arc<HubShared>, channel: &str, entry: &ChannelEntry) -> Self {
         Subscription {
             shared: Arc::clone(shared),
             channel: channel.to_owned(),
-            notify: Arc::clone(notify),
+            notify: Arc::clone(&entry.notify),
+            granted: Arc::clone(&entry.granted),
         }
     }
 
-    /// Wait for a release message (or a stored one).
+    /// Wait for a release message or a grant to this client (or a stored one).
     pub(crate) async fn notified(&self) {
         self.notify.notified().await;
+    }
+
+    /// The highest token granted to this client on this channel so far (0: none).
+    pub(crate) fn granted(&self) -> u64 {
+        self.granted.load(Ordering::Acquire)
     }
 }
 
@@ -157,18 +172,35 @@ impl Drop for Subscription {
     }
 }
 
+/// Wake the waiter a message is for: one local waiter for a release, the client's driver for
+/// a grant to this client, nobody for a grant to another client.
+fn dispatch(shared: &HubShared, msg: &redis::Msg) {
+    let channels = shared.channels();
+    let Some(entry) = channels.get(msg.get_channel_name()) else {
+        return;
+    };
+    let payload = String::from_utf8_lossy(msg.get_payload_bytes());
+    match payload.split_once(':') {
+        None => entry.notify.notify_one(),
+        Some(_) => {
+            let Some(token) = payload
+                .strip_prefix(shared.grant_prefix.as_str())
+                .and_then(|t| t.parse::<u64>().ok())
+            else {
+                return;
+            };
+            entry.granted.fetch_max(token, Ordering::AcqRel);
+            entry.notify.notify_one();
+        }
+    }
+}
+
 /// Dispatch messages; on disconnect wake every waiter (they retry and fall back to their TTL
 /// cap), reconnect with backoff and resubscribe every channel that still has waiters.
 async fn read_loop(shared: Arc<HubShared>, mut stream: PubSubStream) {
     loop {
         while let Some(msg) = stream.next().await {
-            let notify = shared
-                .channels()
-                .get(msg.get_channel_name())
-                .map(|e| Arc::clone(&e.notify));
-            if let Some(notify) = notify {
-                notify.notify_one();
-            }
+            dispatch(&shared, &msg);
         }
         tracing::warn!("pub/sub connection lost; reconnecting");
         shared.sink.lock().await.take();

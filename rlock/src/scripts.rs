@@ -30,3 +30,25 @@ pub(crate) static RAISE_FENCE: LazyLock<Script> =
 
 /// Message published on a lock's channel when it becomes free (Redisson's UNLOCK_MESSAGE).
 pub(crate) const RELEASED_MESSAGE: &str = "0";
+
+/// The fair lock's take-or-queue (see `lua/fair/acquire.lua`, after `lua/fair/common.lua`).
+pub(crate) static FAIR_ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        include_str!("../lua/fair/common.lua"),
+        include_str!("../lua/fair/acquire.lua")
+    ))
+});
+/// The fair lock's release with hand-off (see `lua/fair/release.lua`).
+pub(crate) static FAIR_RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        include_str!("../lua/fair/common.lua"),
+        include_str!("../lua/fair/release.lua")
+    ))
+});
+/// The fair lock's leave-the-queue-and-hand-on (see `lua/fair/leave.lua`).
+pub(crate) static FAIR_LEAVE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        include_str!("../lua/fair/common.lua"),
+        include_str!("../lua/fair/leave.lua")
+    ))
+});

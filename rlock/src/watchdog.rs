@@ -62,6 +62,27 @@ impl Watchdog {
     }
 }
 
+/// Resolves when the lease behind `rx` is lost: marked lost, or past its validity without a
+/// renewal (and never while it keeps being renewed).
+pub(crate) async fn lost(mut rx: watch::Receiver<LeaseState>) {
+    loop {
+        let s = *rx.borrow_and_update();
+        if s.lost || Instant::now() >= s.valid_until {
+            return;
+        }
+        tokio::select! {
+            changed = rx.changed() => {
+                if changed.is_err() {
+                    // Sender gone: the acquisition ended; only the deadline is left.
+                    tokio::time::sleep_until(s.valid_until).await;
+                    return;
+                }
+            }
+            () = tokio::time::sleep_until(s.valid_until) => {}
+        }
+    }
+}
+
 /// The renewal loop. Holds only a weak reference, so it ends when the client is dropped.
 pub(crate) async fn run(client: Weak<ClientInner>, interval: Duration) {
     let mut ticker = tokio::time::interval_at(Instant::now() + interval, interval);

@@ -1,0 +1,166 @@
+//! The fair lock's three Redis operations, one script each: take or queue, release with
+//! hand-off, leave.
+
+use tokio::time::Instant;
+
+use crate::LockError;
+use crate::error::outcome_known;
+use crate::scripts;
+
+use super::keys::FairKeys;
+
+/// What the take-or-queue script answered.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Taken {
+    /// This client owns the lock: a tenure starting at `token`. `sent` is when the command
+    /// left, so a lease counted from it errs early.
+    Yes { token: u64, sent: Instant },
+    /// Someone else holds it (or waits first); the client is queued if it asked to be.
+    No,
+}
+
+/// What the release script answered.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Released {
+    /// The tenure ended (and the lock went to the next waiter, if any).
+    Done,
+    /// The tenure was already lost; nothing changed.
+    NotHeld,
+    /// The client was queued again and nobody was ahead: a new tenure at `token`.
+    Again { token: u64, sent: Instant },
+}
+
+/// One client's view of one fair lock in Redis: its keys, its owner id and its queue entry.
+#[derive(Debug)]
+pub(crate) struct FairCommands {
+    pub(crate) keys: FairKeys,
+    pub(crate) owner: String,
+    pub(crate) entry: String,
+    pub(crate) waiter_timeout_ms: u64,
+}
+
+impl FairCommands {
+    pub(crate) fn new(
+        keys: FairKeys,
+        owner: &str,
+        lease_ms: u64,
+        step: u64,
+        timeout_ms: u64,
+    ) -> Self {
+        FairCommands {
+            entry: format!("{lease_ms}:{step}:{owner}"),
+            owner: owner.to_owned(),
+            keys,
+            waiter_timeout_ms: timeout_ms,
+        }
+    }
+
+    fn invocation(&self, script: &'static redis::Script) -> redis::ScriptInvocation<'static> {
+        let mut inv = script.prepare_invoke();
+        inv.key(&self.keys.lock)
+            .key(&self.keys.fence)
+            .key(&self.keys.queue)
+            .key(&self.keys.waiters)
+            .key(&self.keys.channel);
+        inv
+    }
+
+    /// Take the lock if it is free and nobody queues; else queue (when `queue`) or refresh
+    /// this client's place in the queue.
+    pub(crate) async fn take(
+        &self,
+        conn: &mut redis::aio::ConnectionManager,
+        queue: bool,
+    ) -> Result<Taken, LockError> {
+        let mut inv = self.invocation(&scripts::FAIR_ACQUIRE);
+        inv.arg(&self.owner)
+            .arg(&self.entry)
+            .arg(self.waiter_timeout_ms)
+            .arg(if queue { "1" } else { "0" });
+        let sent = Instant::now();
+        let (held, value): (i64, i64) = inv
+            .invoke_async(conn)
+            .await
+            .map_err(|e| LockError::from_redis("fair acquire", e))?;
+        if held != 1 {
+            return Ok(Taken::No);
+        }
+        Ok(Taken::Yes {
+            token: token(value, "fair acquire")?,
+            sent,
+        })
+    }
+
+    /// End the tenure that started at `base`; with `requeue`, queue this client again at the
+    /// back in the same step (it has more local waiters).
+    pub(crate) async fn release(
+        &self,
+        conn: &mut redis::aio::ConnectionManager,
+        base: u64,
+        requeue: bool,
+    ) -> Result<Released, LockError> {
+        let mut inv = self.invocation(&scripts::FAIR_RELEASE);
+        inv.arg(&self.owner)
+            .arg(base)
+            .arg(if requeue { self.entry.as_str() } else { "" })
+            .arg(self.waiter_timeout_ms);
+        let sent = Instant::now();
+        let reply: Vec<i64> = inv
+            .invoke_async(conn)
+            .await
+            .map_err(|e| LockError::from_redis("fair release", e))?;
+        match reply.as_slice() {
+            [-1] => Ok(Released::NotHeld),
+            [0] => Ok(Released::Done),
+            [1, t] => Ok(Released::Again {
+                token: token(*t, "fair release")?,
+                sent,
+            }),
+            other => Err(LockError::UnexpectedReply {
+                script: "fair release",
+                detail: format!("{other:?}"),
+            }),
+        }
+    }
+
+    /// Leave the queue and release the lock if this client holds it. Idempotent.
+    pub(crate) async fn leave(
+        &self,
+        conn: &mut redis::aio::ConnectionManager,
+    ) -> redis::RedisResult<bool> {
+        let mut inv = self.invocation(&scripts::FAIR_LEAVE);
+        inv.arg(&self.owner).arg(&self.entry);
+        let held: i64 = inv.invoke_async(conn).await?;
+        Ok(held == 1)
+    }
+
+    /// [`FairCommands::leave`], retried until Redis answers or `give_up` passes.
+    pub(crate) async fn leave_retrying(
+        &self,
+        conn: &mut redis::aio::ConnectionManager,
+        give_up: Instant,
+    ) {
+        let mut backoff = std::time::Duration::from_millis(20);
+        loop {
+            match self.leave(conn).await {
+                Ok(_) => return,
+                Err(err) if outcome_known(&err) || Instant::now() + backoff >= give_up => {
+                    tracing::warn!(lock = %self.keys.name, error = %err,
+                        "could not leave a fair lock's queue; the place times out, a hold expires");
+                    return;
+                }
+                Err(_) => {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(std::time::Duration::from_millis(500));
+                }
+            }
+        }
+    }
+}
+
+fn token(value: i64, script: &'static str) -> Result<u64, LockError> {
+    u64::try_from(value).map_err(|_| LockError::UnexpectedReply {
+        script,
+        detail: format!("token {value}"),
+    })
+}
