@@ -1,6 +1,6 @@
-//! Lock comparison on one Redis, in one run: rlock against a hand-rolled `SET NX PX` lock
-//! that polls at a fixed interval, and against the `rslock` crate (Redlock, here with a
-//! single server).
+//! Lock comparison on one Redis, in one run: rlock's `RLock` and its fair lock (strict FIFO,
+//! and with bounded local passes) against a hand-rolled `SET NX PX` lock that polls at a
+//! fixed interval, and against the `rslock` crate (Redlock, here with a single server).
 //!
 //! ```text
 //! cargo bench -p rlock --bench lock_compare
@@ -12,7 +12,8 @@
 //!   `BENCH_ROUNDS` slices (default 5)
 //! - `BENCH_TASKS` tasks in the uncontended and contended scenarios (default 16)
 //! - `BENCH_TASKS_PER_CLIENT` tasks sharing one lock client (default 4)
-//! - `BENCH_IMPLS` comma-separated subset of `rlock,polling,rslock` (default all)
+//! - `BENCH_IMPLS` comma-separated subset of `rlock,fair,fair-fifo,polling,rslock` (default
+//!   all)
 //! - `BENCH_SCENARIOS` comma-separated subset of `uncontended,contended,handoff` (default all)
 //! - `BENCH_REF_REQUESTS` requests of the redis-benchmark reference (default 100000)
 //!
@@ -30,7 +31,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncCommands, ConnectionAddr, Script};
-use rlock::{LockClient, LockConfig, LockGuard, RLock};
+use rlock::{FairGuard, FairLock, LockClient, LockConfig, LockGuard, RLock};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -55,16 +56,28 @@ static POLL_RELEASE: LazyLock<Script> = LazyLock::new(|| {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Rlock,
+    /// The fair lock with the default bound on local passes.
+    Fair,
+    /// The fair lock with no local passes: strict FIFO across clients.
+    FairFifo,
     Polling,
     Rslock,
 }
 
 impl Kind {
-    const ALL: [Kind; 3] = [Kind::Rlock, Kind::Polling, Kind::Rslock];
+    const ALL: [Kind; 5] = [
+        Kind::Rlock,
+        Kind::Fair,
+        Kind::FairFifo,
+        Kind::Polling,
+        Kind::Rslock,
+    ];
 
     fn tag(self) -> &'static str {
         match self {
             Kind::Rlock => "rlock",
+            Kind::Fair => "fair",
+            Kind::FairFifo => "fair-fifo",
             Kind::Polling => "polling",
             Kind::Rslock => "rslock",
         }
@@ -72,7 +85,12 @@ impl Kind {
 
     fn label(self) -> String {
         match self {
-            Kind::Rlock => "rlock (watchdog lease, pub/sub wake-up)".to_owned(),
+            Kind::Rlock => "rlock `RLock` (watchdog lease, pub/sub wake-up)".to_owned(),
+            Kind::Fair => format!(
+                "rlock `FairLock` (queue + hand-off, ≤ {} local passes)",
+                fair_passes()
+            ),
+            Kind::FairFifo => "rlock `FairLock`, strict FIFO (0 local passes)".to_owned(),
             Kind::Polling => format!(
                 "polling `SET NX PX` + {} ms sleep",
                 POLL_INTERVAL.as_millis()
@@ -80,6 +98,14 @@ impl Kind {
             Kind::Rslock => "rslock 0.10 (1 server, default retry 3 × 0-200 ms)".to_owned(),
         }
     }
+}
+
+/// Local passes of the `fair` implementation: `BENCH_FAIR_PASSES`, else the library's default.
+fn fair_passes() -> u32 {
+    std::env::var("BENCH_FAIR_PASSES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(LockConfig::default().fair_local_handoffs)
 }
 
 struct Settings {
@@ -172,6 +198,7 @@ struct Instance {
 
 enum InstanceLock {
     Rlock(LockClient),
+    Fair(LockClient),
     Polling(MultiplexedConnection),
     Rslock(rslock::LockManager),
 }
@@ -186,6 +213,15 @@ impl Instance {
                     ..LockConfig::default()
                 };
                 InstanceLock::Rlock(LockClient::connect(&s.url, config).await?)
+            }
+            Kind::Fair | Kind::FairFifo => {
+                let defaults = LockConfig::default();
+                let config = LockConfig {
+                    key_prefix: s.prefix.clone(),
+                    fair_local_handoffs: if kind == Kind::Fair { fair_passes() } else { 0 },
+                    ..defaults
+                };
+                InstanceLock::Fair(LockClient::connect(&s.url, config).await?)
             }
             Kind::Polling => {
                 InstanceLock::Polling(client.get_multiplexed_async_connection().await?)
@@ -206,6 +242,7 @@ impl Instance {
         let key = format!("{}:{name}", self.prefix);
         Ok(match &self.lock {
             InstanceLock::Rlock(client) => Handle::Rlock(client.lock(name)?),
+            InstanceLock::Fair(client) => Handle::Fair(client.fair_lock(name)?),
             InstanceLock::Polling(conn) => Handle::Polling {
                 conn: conn.clone(),
                 key,
@@ -220,6 +257,7 @@ impl Instance {
 
 enum Handle {
     Rlock(RLock),
+    Fair(FairLock),
     Polling {
         conn: MultiplexedConnection,
         key: String,
@@ -232,6 +270,7 @@ enum Handle {
 
 enum Held {
     Rlock(LockGuard),
+    Fair(FairGuard),
     Polling(String),
     Rslock(rslock::LockGuard),
 }
@@ -241,6 +280,7 @@ impl Handle {
     async fn acquire(&mut self) -> Result<Held> {
         match self {
             Handle::Rlock(lock) => Ok(Held::Rlock(lock.acquire().await?)),
+            Handle::Fair(lock) => Ok(Held::Fair(lock.acquire().await?)),
             Handle::Polling { conn, key } => {
                 let token = uuid::Uuid::new_v4().simple().to_string();
                 loop {
@@ -269,6 +309,7 @@ impl Handle {
     async fn release(&mut self, held: Held) -> Result<()> {
         match (self, held) {
             (Handle::Rlock(_), Held::Rlock(guard)) => guard.release().await?,
+            (Handle::Fair(_), Held::Fair(guard)) => guard.release().await?,
             (Handle::Polling { conn, key }, Held::Polling(token)) => {
                 let deleted: i64 = POLL_RELEASE
                     .key(&*key)
@@ -699,7 +740,7 @@ fn print_report(s: &Settings, machine: &str, reference: &[Option<f64>], rows: &[
     );
     println!();
     println!(
-        "| implementation | uncontended cycles/s ({t} tasks, {t} keys) | contended cycles/s ({t} tasks, 1 key, GET+SET) | counter | contended cycles/s per task, min-max | contended cycles where the lock changed hands | contended acquire wait p50 / p99 | handoff p50 | handoff p99 | handoff samples |",
+        "| implementation | uncontended cycles/s ({t} tasks, {t} keys) | contended cycles/s ({t} tasks, 1 key, GET+SET) | counter | contended cycles/s per task, min-max (busiest / least) | contended cycles where the lock changed hands | contended acquire wait p50 / p99 | handoff p50 | handoff p99 | handoff samples |",
         t = s.tasks
     );
     println!("|---|---:|---:|---|---:|---:|---:|---:|---:|---:|");
@@ -713,13 +754,14 @@ fn print_report(s: &Settings, machine: &str, reference: &[Option<f64>], rows: &[
         let min = r.contended.per_task.iter().min().copied().unwrap_or(0) as f64 / window;
         let max = r.contended.per_task.iter().max().copied().unwrap_or(0) as f64 / window;
         println!(
-            "| {} | {} | {} | {} | {}-{} | {} | {} / {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {}-{} ({:.2}) | {} | {} / {} | {} | {} | {} |",
             kind.label(),
             thousands(r.uncontended.per_sec()),
             thousands(r.contended.per_sec()),
             counter,
             thousands(min),
             thousands(max),
+            spread(r),
             if r.contended.in_window == 0 {
                 "n/a".to_owned()
             } else {
@@ -763,35 +805,57 @@ fn print_report(s: &Settings, machine: &str, reference: &[Option<f64>], rows: &[
             );
         }
     }
-    let Some((_, r)) = rows.iter().find(|(k, _)| *k == Kind::Rlock) else {
+    print_aims(&r_of(rows, Kind::Fair), &r_of(rows, Kind::Rslock));
+}
+
+fn r_of(rows: &[(Kind, Row)], kind: Kind) -> Option<&Row> {
+    rows.iter().find(|(k, _)| *k == kind).map(|(_, r)| r)
+}
+
+/// Busiest over least busy task in the contended scenario (1.00: perfectly even).
+fn spread(r: &Row) -> f64 {
+    let max = r.contended.per_task.iter().max().copied().unwrap_or(0) as f64;
+    let min = r.contended.per_task.iter().min().copied().unwrap_or(0) as f64;
+    if min > 0.0 { max / min } else { f64::INFINITY }
+}
+
+/// The issue's aims for the fair lock, measured against rslock in the same run.
+fn print_aims(fair: &Option<&Row>, rslock: &Option<&Row>) {
+    let (Some(fair), Some(peer)) = (fair, rslock) else {
         return;
     };
+    let met = |ok: bool| if ok { "met" } else { "NOT met" };
     println!();
-    println!("aims (rlock):");
-    let unc = r.uncontended.per_sec();
-    let best_ref = reference.iter().flatten().copied().reduce(f64::max);
-    match best_ref {
-        Some(rps) => println!(
-            "- uncontended within 2x of redis-benchmark's EVALSHA rate: {} cycles/s = {} \
-             EVALSHA/s (acquire + release) against {} req/s (the higher reference): \
-             reference / cycles = {:.2}, reference / EVALSHA = {:.2}",
-            thousands(unc),
-            thousands(2.0 * unc),
-            thousands(rps),
-            rps / unc,
-            rps / (2.0 * unc)
-        ),
-        None => println!("- uncontended vs redis-benchmark: n/a"),
-    }
-    if let Some(base) = base {
-        println!(
-            "- contended several times the polling lock: {}",
-            ratio(r.contended.per_sec(), base.contended.per_sec())
-        );
-    }
+    println!("aims (`fair` against rslock, same run):");
+    let (fu, pu) = (fair.uncontended.per_sec(), peer.uncontended.per_sec());
     println!(
-        "- handoff p50 under 2 ms: {}",
-        ms(r.handoff.percentile(50.0))
+        "- uncontended cycles/s ≥ rslock's: {} vs {} = {} ({})",
+        thousands(fu),
+        thousands(pu),
+        ratio(fu, pu),
+        met(fu >= pu)
+    );
+    let (fc, pc) = (fair.contended.per_sec(), peer.contended.per_sec());
+    println!(
+        "- contended cycles/s ≥ 1.5× rslock's: {} vs {} = {} ({})",
+        thousands(fc),
+        thousands(pc),
+        ratio(fc, pc),
+        met(fc >= 1.5 * pc)
+    );
+    println!(
+        "- busiest / least busy task ≤ 2: fair {:.2}, rslock {:.2} ({})",
+        spread(fair),
+        spread(peer),
+        met(spread(fair) <= 2.0)
+    );
+    let (p50, p99) = (fair.handoff.percentile(50.0), fair.handoff.percentile(99.0));
+    println!(
+        "- hand-off p50 < 0.5 ms and p99 < 2 ms: {} / {} ({})",
+        ms(p50),
+        ms(p99),
+        met(p50.is_some_and(|d| d < Duration::from_micros(500))
+            && p99.is_some_and(|d| d < Duration::from_millis(2)))
     );
 }
 

@@ -56,7 +56,7 @@ impl Default for LockConfig {
             response_timeout: Duration::from_secs(3),
             connection_timeout: Duration::from_secs(1),
             replica_sync: None,
-            fair_local_handoffs: 8,
+            fair_local_handoffs: 32,
             fair_waiter_timeout: Duration::from_secs(3),
         }
     }

@@ -103,11 +103,12 @@ async fn waiters_of_different_clients_are_served_in_arrival_order() {
         .await
         .expect("acquire");
     let mut waiting = Vec::new();
-    for (c, label) in cs[1..].iter().zip(["b", "c", "d"]) {
+    for (n, (c, label)) in cs[1..].iter().zip(["b", "c", "d"]).enumerate() {
         let lock = c.fair_lock("line").expect("lock");
+        let queue = lock.keys().queue.clone();
         waiting.push(queue_up(lock, label, &order, Duration::from_millis(20)));
-        // Let this one take its place in Redis's queue before the next arrives.
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // This one takes its place in Redis's queue before the next arrives.
+        queued(&queue, n + 1).await;
     }
     holder.release().await.expect("release");
     for w in waiting {
@@ -128,13 +129,10 @@ async fn local_passes_are_bounded_then_the_next_client_gets_its_turn() {
         .await
         .expect("acquire");
     // Client b queues in Redis first, then four more tasks of client a queue locally.
-    let b = queue_up(
-        cs[1].fair_lock("turns").expect("lock"),
-        "b",
-        &order,
-        Duration::from_millis(5),
-    );
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    let b_lock = cs[1].fair_lock("turns").expect("lock");
+    let queue = b_lock.keys().queue.clone();
+    let b = queue_up(b_lock, "b", &order, Duration::from_millis(5));
+    queued(&queue, 1).await;
     let mut local = Vec::new();
     for label in ["a1", "a2", "a3", "a4"] {
         let lock = cs[0].fair_lock("turns").expect("lock");
@@ -147,7 +145,29 @@ async fn local_passes_are_bounded_then_the_next_client_gets_its_turn() {
         t.await.expect("local");
     }
     // Two passes inside client a, then b (queued in Redis), then a again.
-    assert_eq!(*order.lock().expect("order"), ["a1", "a2", "b", "a3", "a4"]);
+    let order = order.lock().expect("order").clone();
+    assert_eq!(order.len(), 5);
+    assert_eq!(
+        order[2], "b",
+        "b must come right after two local passes: {order:?}"
+    );
+}
+
+/// Wait until `n` clients stand in the queue `key`.
+async fn queued(key: &str, n: usize) {
+    let mut conn = raw(&testkit::redis_url()).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let len: usize = conn.llen(key).await.expect("llen");
+        if len >= n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{n} waiters never queued in {key}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// Put a waiter entry in the lock's queue the way a client does, for a client that then

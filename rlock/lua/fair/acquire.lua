@@ -4,15 +4,22 @@
 -- ARGV[3]  waiter timeout in ms (a queued waiter not refreshed within it is dropped)
 -- ARGV[4]  '1' to queue when not taken, '0' to only try
 -- Returns {1, token} when the owner holds the lock (taken now, or granted while it waited),
---         {0, pttl} when it does not (queued when ARGV[4] is '1').
+--         {0, pttl} when it does not (queued when ARGV[4] is '1'),
+--         {2, 0} when it holds a tenure of its own fast path (whose token only it knows).
 if redis.call('exists', KEYS[1]) == 0 and redis.call('exists', KEYS[3]) == 0 then
   local _, token = take(ARGV[2])
   return {1, token}
 end
-if redis.call('hexists', KEYS[1], ARGV[1]) == 1 then
+local mine = held_by(ARGV[1])
+if mine then
   redis.call('lrem', KEYS[3], 0, ARGV[2])
   redis.call('zrem', KEYS[4], ARGV[2])
-  return {1, tonumber(redis.call('hget', KEYS[1], ':fence'))}
+  -- A grant names its token; a fast-path tenure the client already knows (2: not here).
+  local token = tonumber(string.sub(mine, #ARGV[1] + 2))
+  if token then
+    return {1, token}
+  end
+  return {2, 0}
 end
 local now = now_ms()
 purge(now)

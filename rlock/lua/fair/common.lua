@@ -1,5 +1,6 @@
 -- Shared by the fair lock's scripts (prepended to each). The lock's keys:
--- KEYS[1]  lock hash: owner (client id) -> 1, plus ':fence' = first token of the tenure
+-- KEYS[1]  lock: the string '<owner>:<first token of the tenure>' ('<owner>:' when taken by
+--          the client's MULTI fast path, which learns its token from the same transaction)
 -- KEYS[2]  fencing counter (never deleted)
 -- KEYS[3]  waiter queue (list of entries, arrival order)
 -- KEYS[4]  waiter deadlines (sorted set: entry -> deadline in ms of Redis time)
@@ -16,9 +17,17 @@ local function take(entry)
   local lease, step, owner = string.match(entry, '^(%d+):(%d+):(.+)$')
   local last = redis.call('incrby', KEYS[2], step)
   local token = last - tonumber(step) + 1
-  redis.call('hset', KEYS[1], owner, 1, ':fence', token)
-  redis.call('pexpire', KEYS[1], lease)
+  redis.call('set', KEYS[1], owner .. ':' .. token, 'PX', lease)
   return owner, token
+end
+
+-- The lock's value if `owner` holds it, else nil.
+local function held_by(owner)
+  local v = redis.call('get', KEYS[1])
+  if v and string.sub(v, 1, #owner + 1) == owner .. ':' then
+    return v
+  end
+  return nil
 end
 
 -- Drop waiters whose deadline passed (they stopped refreshing: dead, paused or gone).

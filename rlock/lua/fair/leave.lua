@@ -6,7 +6,7 @@
 -- Returns 1 when the owner held the lock (now released), 0 otherwise.
 redis.call('lrem', KEYS[3], 0, ARGV[2])
 redis.call('zrem', KEYS[4], ARGV[2])
-if redis.call('hexists', KEYS[1], ARGV[1]) == 0 then
+if not held_by(ARGV[1]) then
   return 0
 end
 redis.call('del', KEYS[1])

@@ -1,13 +1,13 @@
 -- Fair lock: end the owner's tenure and hand the lock to the first live waiter.
 -- ARGV[1]  owner (client id)
--- ARGV[2]  first token of the tenure being ended
+-- ARGV[2]  first token of the tenure being ended (for the reader; the owner check suffices,
+--          since a client ends one tenure before it can get the next)
 -- ARGV[3]  the owner's entry to queue again at the back (it has more local waiters), or ''
 -- ARGV[4]  waiter timeout in ms
 -- Returns {-1} when the owner did not hold that tenure (nothing changes),
 --         {0} when released (and handed on, if anyone waits),
 --         {1, token} when the owner was queued again and is the next owner at once.
-if redis.call('hget', KEYS[1], ':fence') ~= ARGV[2]
-   or redis.call('hexists', KEYS[1], ARGV[1]) == 0 then
+if not held_by(ARGV[1]) then
   return {-1}
 end
 redis.call('del', KEYS[1])

@@ -219,7 +219,10 @@ impl Cohort {
     ) -> Result<Result<FairGuard, ()>> {
         let in_flight = InFlight::arm(self);
         let mut conn = self.client.conn.clone();
-        let taken = self.commands.take(&mut conn, queue).await;
+        let taken = match self.commands.take_fast(&mut conn).await {
+            Ok(Taken::No) => self.commands.take(&mut conn, queue).await,
+            other => other,
+        };
         in_flight.disarm();
         match taken {
             Ok(Taken::Yes { token, sent }) => {

@@ -37,6 +37,10 @@ pub(crate) struct FairCommands {
     pub(crate) owner: String,
     pub(crate) entry: String,
     pub(crate) waiter_timeout_ms: u64,
+    lease_ms: u64,
+    step: u64,
+    /// The lock's value while the fast path's tenure holds it.
+    fast_value: String,
 }
 
 impl FairCommands {
@@ -49,9 +53,12 @@ impl FairCommands {
     ) -> Self {
         FairCommands {
             entry: format!("{lease_ms}:{step}:{owner}"),
+            fast_value: format!("{owner}:"),
             owner: owner.to_owned(),
             keys,
             waiter_timeout_ms: timeout_ms,
+            lease_ms,
+            step,
         }
     }
 
@@ -65,6 +72,40 @@ impl FairCommands {
         inv
     }
 
+    /// The uncontended path without a script: `MULTI`, `INCRBY` the fence by a block,
+    /// `SET NX PX`, `EXEC`. One transaction, so tokens follow the order of acquisitions; the
+    /// block is spent even when the `SET` fails (tokens only need to rise). It does not look
+    /// at the queue: it can only find the lock free with waiters queued after a holder's lease
+    /// ran out, and then it goes first once.
+    pub(crate) async fn take_fast(
+        &self,
+        conn: &mut redis::aio::ConnectionManager,
+    ) -> Result<Taken, LockError> {
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("INCRBY")
+            .arg(&self.keys.fence)
+            .arg(self.step)
+            .cmd("SET")
+            .arg(&self.keys.lock)
+            .arg(&self.fast_value)
+            .arg("NX")
+            .arg("PX")
+            .arg(self.lease_ms);
+        let sent = Instant::now();
+        let (last, set): (u64, Option<String>) = pipe
+            .query_async(conn)
+            .await
+            .map_err(|e| LockError::from_redis("fair fast acquire", e))?;
+        match set {
+            Some(_) => Ok(Taken::Yes {
+                token: last + 1 - self.step,
+                sent,
+            }),
+            None => Ok(Taken::No),
+        }
+    }
+
     /// Take the lock if it is free and nobody queues; else queue (when `queue`) or refresh
     /// this client's place in the queue.
     pub(crate) async fn take(
@@ -72,6 +113,24 @@ impl FairCommands {
         conn: &mut redis::aio::ConnectionManager,
         queue: bool,
     ) -> Result<Taken, LockError> {
+        match self.take_once(conn, queue).await? {
+            Some(taken) => Ok(taken),
+            None => {
+                // A fast-path tenure of this client was left behind (its release was lost
+                // and so was the leave after it): give it back, then try again.
+                self.leave(conn)
+                    .await
+                    .map_err(|e| LockError::from_redis("fair leave", e))?;
+                Ok(self.take_once(conn, queue).await?.unwrap_or(Taken::No))
+            }
+        }
+    }
+
+    async fn take_once(
+        &self,
+        conn: &mut redis::aio::ConnectionManager,
+        queue: bool,
+    ) -> Result<Option<Taken>, LockError> {
         let mut inv = self.invocation(&scripts::FAIR_ACQUIRE);
         inv.arg(&self.owner)
             .arg(&self.entry)
@@ -82,13 +141,14 @@ impl FairCommands {
             .invoke_async(conn)
             .await
             .map_err(|e| LockError::from_redis("fair acquire", e))?;
-        if held != 1 {
-            return Ok(Taken::No);
+        match held {
+            1 => Ok(Some(Taken::Yes {
+                token: token(value, "fair acquire")?,
+                sent,
+            })),
+            2 => Ok(None),
+            _ => Ok(Some(Taken::No)),
         }
-        Ok(Taken::Yes {
-            token: token(value, "fair acquire")?,
-            sent,
-        })
     }
 
     /// End the tenure that started at `base`; with `requeue`, queue this client again at the
