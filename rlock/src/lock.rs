@@ -160,7 +160,7 @@ impl RLock {
             state = returned;
             let pttl = match attempt {
                 Attempt::Acquired { token, count, sent } => {
-                    let guard = self.on_acquired(&mut state, token, count, sent, lease, lease_dur);
+                    let guard = self.on_acquired(&mut state, token, sent, lease, lease_dur);
                     let outcome = if count == 1 {
                         AcquireOutcome::Acquired
                     } else {
@@ -233,7 +233,7 @@ impl RLock {
             let outcome = shared.run_acquire(&state, lease_ms).await;
             if let Err((state, Ok(Attempt::Acquired { token, .. }))) = tx.send((state, outcome)) {
                 // The caller was cancelled after Redis granted the hold: give it back.
-                if let Err(err) = shared.release_script(token).await {
+                if let Err(err) = shared.release_script(token, false).await {
                     tracing::warn!(lock = %shared.keys.name, error = %err,
                         "could not release an abandoned acquisition; it expires with its lease");
                 }
@@ -249,7 +249,6 @@ impl RLock {
         &self,
         state: &mut OwnerState,
         token: u64,
-        count: u32,
         sent: Instant,
         lease: Lease,
         lease_dur: Duration,
@@ -284,7 +283,9 @@ impl RLock {
                 sender
             }
         };
-        state.holds = count;
+        // The owner's own count, not Redis's: a hold Redis kept from a lost reply must not
+        // become one the owner thinks it has to release (the last release clears it).
+        state.holds += 1;
         if lease == Lease::Watchdog && !state.watchdog {
             client.watchdog.register(
                 &self.shared.keys.lock,
@@ -403,7 +404,7 @@ impl LockShared {
                 0
             }
         };
-        if let Err(err) = self.release_script(token).await {
+        if let Err(err) = self.release_script(token, true).await {
             tracing::warn!(lock = %self.keys.name, error = %err,
                 "could not release an unsynced acquisition; it expires with its lease");
         }
@@ -448,8 +449,9 @@ impl LockShared {
         }
     }
 
-    /// Run the release script for `token`: -1 not held, 0 deleted, n remaining holds.
-    async fn release_script(&self, token: u64) -> Result<i64> {
+    /// Run the release script for `token`: -1 not held, 0 deleted, n remaining holds. With
+    /// `last`, the acquisition ends whatever hold count Redis has.
+    async fn release_script(&self, token: u64, last: bool) -> Result<i64> {
         let mut conn = self.client.conn.clone();
         scripts::RELEASE
             .key(&self.keys.lock)
@@ -457,16 +459,27 @@ impl LockShared {
             .arg(&self.owner)
             .arg(token)
             .arg(scripts::RELEASED_MESSAGE)
+            .arg(if last { "1" } else { "0" })
             .invoke_async(&mut conn)
             .await
             .map_err(|e| LockError::from_redis("release", e))
     }
 
-    /// Release one hold of acquisition `token` and update the owner's state.
-    async fn release_hold(&self, token: u64) -> Result<()> {
+    /// Release one hold of acquisition `token` and update the owner's state. The owner's
+    /// count is the authority: its last hold ends the acquisition in Redis whatever count
+    /// Redis has, the watchdog lets go of it before the script is sent (so a renewal can no
+    /// longer report it lost), and an unanswered last release is retried in the background.
+    async fn release_hold(self: &Arc<Self>, token: u64) -> Result<()> {
         let mut state = self.state.lock().await;
         let current = state.token == Some(token) && state.holds > 0;
-        let reply = self.release_script(token).await;
+        let last = current && state.holds == 1;
+        if last && state.watchdog {
+            self.client
+                .watchdog
+                .deregister(&self.keys.lock, &self.owner, token);
+            state.watchdog = false;
+        }
+        let reply = self.release_script(token, last).await;
         if !current {
             // A guard of an acquisition that was lost and replaced; Redis refused it.
             return match reply {
@@ -476,25 +489,30 @@ impl LockShared {
                 Ok(_) => Ok(()),
             };
         }
-        let remaining = match reply {
-            Ok(n) if n > 0 => u32::try_from(n).unwrap_or(0),
-            // 0: deleted; -1: already lost.
-            Ok(_) => 0,
-            // Unknown: assume it applied. If it did not, the lock expires with its lease
-            // (the watchdog stops renewing it below).
-            Err(_) => state.holds.saturating_sub(1),
-        };
-        state.holds = remaining;
-        if remaining == 0 {
-            if state.watchdog {
-                self.client
-                    .watchdog
-                    .deregister(&self.keys.lock, &self.owner, token);
-            }
+        if last {
             if let Some(at) = state.acquired_at {
                 self.client.metrics.held("rlock", at.elapsed());
             }
             state.clear();
+            if matches!(reply, Err(LockError::OutcomeUnknown { .. })) {
+                tokio::spawn(Arc::clone(self).end_acquisition(token));
+            }
+        } else {
+            // One of several holds: ours less one, whatever Redis counted (the last
+            // release settles any difference).
+            match reply {
+                Ok(n) if n > 0 => state.holds -= 1,
+                Err(_) => state.holds -= 1,
+                Ok(_) => {
+                    // Redis deleted it (or had lost it): nothing is held any more.
+                    if state.watchdog {
+                        self.client
+                            .watchdog
+                            .deregister(&self.keys.lock, &self.owner, token);
+                    }
+                    state.clear();
+                }
+            }
         }
         match reply {
             Ok(-1) => Err(LockError::NotHeld {
@@ -502,6 +520,27 @@ impl LockShared {
             }),
             Ok(_) => Ok(()),
             Err(err) => Err(err),
+        }
+    }
+
+    /// End acquisition `token` after its last release went unanswered: the release is
+    /// idempotent, so retry it until Redis answers or the lease would have run out anyway.
+    async fn end_acquisition(self: Arc<Self>, token: u64) {
+        let give_up = Instant::now() + self.client.config.watchdog_timeout;
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            match self.release_script(token, true).await {
+                Ok(_) => return,
+                Err(LockError::OutcomeUnknown { .. }) if Instant::now() + backoff < give_up => {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                }
+                Err(err) => {
+                    tracing::warn!(lock = %self.keys.name, error = %err,
+                        "could not end an acquisition after a lost release; it expires with its lease");
+                    return;
+                }
+            }
         }
     }
 }

@@ -56,6 +56,13 @@ impl Watchdog {
         }
     }
 
+    /// Whether (key, owner) is still renewed for `token`.
+    fn is_registered(&self, key: &str, owner: &str, token: u64) -> bool {
+        self.entries()
+            .get(&(key.to_owned(), owner.to_owned()))
+            .is_some_and(|e| e.token == token)
+    }
+
     /// Number of locks being renewed (for tests and metrics).
     pub(crate) fn len(&self) -> usize {
         self.entries().len()
@@ -124,6 +131,8 @@ async fn renew_all(inner: &ClientInner) {
                                 s.valid_until = sent + lease;
                             }
                         });
+                    } else if !inner.watchdog.is_registered(key, owner, *token) {
+                        // Released while this batch was on its way: not a loss.
                     } else {
                         tracing::warn!(lock = %key, %token, "lock lost: renewal found it gone");
                         inner.watchdog.deregister(key, owner, *token);
