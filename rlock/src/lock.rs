@@ -577,8 +577,7 @@ impl LockGuard {
     /// True once the lock is known lost: a renewal found it gone, or its lease ran out
     /// without a successful renewal.
     pub fn is_lost(&self) -> bool {
-        let s = *self.lease.borrow();
-        s.lost || Instant::now() >= s.valid_until
+        self.lease.borrow().is_lost()
     }
 
     /// Resolves when the lock is lost (see [`LockGuard::is_lost`]). Never resolves while the

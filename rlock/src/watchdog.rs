@@ -20,6 +20,13 @@ pub(crate) struct LeaseState {
     pub(crate) lost: bool,
 }
 
+impl LeaseState {
+    /// Lost: marked so by a renewal, or past its validity.
+    pub(crate) fn is_lost(&self) -> bool {
+        self.lost || Instant::now() >= self.valid_until
+    }
+}
+
 /// Shared sender of one acquisition's lease state.
 pub(crate) type LeaseSender = Arc<watch::Sender<LeaseState>>;
 
@@ -74,7 +81,7 @@ impl Watchdog {
 pub(crate) async fn lost(mut rx: watch::Receiver<LeaseState>) {
     loop {
         let s = *rx.borrow_and_update();
-        if s.lost || Instant::now() >= s.valid_until {
+        if s.is_lost() {
             return;
         }
         tokio::select! {

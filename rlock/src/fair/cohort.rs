@@ -343,8 +343,7 @@ impl Cohort {
                 return Ok(());
             }
             self.client.metrics.held("fair", t.since.elapsed());
-            let lease = *t.lease.borrow();
-            let sound = !lease.lost && Instant::now() < lease.valid_until;
+            let sound = !t.lease.borrow().is_lost();
             s.waiters.retain(|w| !w.tx.is_closed());
             if sound && t.passes < self.pass_limit && !s.waiters.is_empty() {
                 t.passes += 1;

@@ -162,8 +162,7 @@ impl FairGuard {
 
     /// True once the lock is known lost (a renewal found it gone, or the lease ran out).
     pub fn is_lost(&self) -> bool {
-        let s = *self.lease.borrow();
-        s.lost || Instant::now() >= s.valid_until
+        self.lease.borrow().is_lost()
     }
 
     /// Resolves when the lock is lost (see [`FairGuard::is_lost`]).
