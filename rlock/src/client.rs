@@ -5,16 +5,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use opentelemetry::metrics::Meter;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManagerConfig;
 use tokio::task::AbortHandle;
 
 use crate::config::LockConfig;
+use crate::conn::{self, RedisConnection, RedisTarget, Timeouts};
 use crate::fair::{Cohorts, FairLock};
 use crate::keys::{self, LockKeys};
 use crate::lock::RLock;
 use crate::metrics::LockMetrics;
 use crate::multi::MultiLock;
 use crate::pubsub::PubSubHub;
+use crate::scripts::{self, Publishing};
 use crate::watchdog::{self, Watchdog};
 use crate::{LockError, Result};
 
@@ -29,7 +31,9 @@ pub struct LockClient {
 pub(crate) struct ClientInner {
     /// Unique id of this client; owner ids are `<id>:<n>`.
     pub(crate) id: String,
-    pub(crate) conn: ConnectionManager,
+    pub(crate) conn: RedisConnection,
+    /// The publishing scripts of this deployment (`PUBLISH` or, on a cluster, `SPUBLISH`).
+    pub(crate) scripts: &'static Publishing,
     pub(crate) config: LockConfig,
     pub(crate) pubsub: PubSubHub,
     pub(crate) watchdog: Watchdog,
@@ -50,8 +54,9 @@ impl Drop for ClientInner {
 }
 
 impl LockClient {
-    /// Connect to Redis at `url` (e.g. `redis://127.0.0.1:6379/`), recording metrics through
-    /// the global OpenTelemetry meter provider.
+    /// Connect to Redis at `url` (e.g. `redis://127.0.0.1:6379/`), or to a Redis Cluster given
+    /// as `redis+cluster://host1:port1,host2:port2/` or as several comma-separated `redis://`
+    /// URLs of its nodes, recording metrics through the global OpenTelemetry meter provider.
     pub async fn connect(url: &str, config: LockConfig) -> Result<Self> {
         Self::connect_with_meter(url, config, &opentelemetry::global::meter("rlock")).await
     }
@@ -59,15 +64,18 @@ impl LockClient {
     /// Connect, recording metrics with `meter`.
     pub async fn connect_with_meter(url: &str, config: LockConfig, meter: &Meter) -> Result<Self> {
         config.validate()?;
-        let client = redis::Client::open(url)?;
-        let conn = client
-            .get_connection_manager_with_config(manager_config(&config))
-            .await?;
         let id = uuid::Uuid::new_v4().simple().to_string();
-        let pubsub = PubSubHub::start(client, &id).await?;
+        let (conn, pubsub) = match RedisTarget::parse(url) {
+            RedisTarget::Single(url) => connect_single(&url, &config, &id).await?,
+            RedisTarget::Cluster(nodes) => connect_cluster(&nodes, &config, &id).await?,
+        };
+        if conn.is_cluster() && config.replica_sync.is_some() {
+            tracing::info!("replica_sync on a cluster: WAIT runs on each lock's own master");
+        }
         let interval = config.renewal_interval();
         let inner = Arc::new_cyclic(|weak| ClientInner {
             id,
+            scripts: scripts::publishing(conn.is_cluster()),
             conn,
             pubsub,
             cohorts: Cohorts::default(),
@@ -146,10 +154,15 @@ impl LockClient {
         &self.inner.id
     }
 
-    /// A clone of the client's multiplexed Redis connection, for callers that want to run
-    /// their own commands on the same server.
-    pub fn connection(&self) -> ConnectionManager {
+    /// A clone of the client's Redis connection (one server or a cluster), for callers that
+    /// want to run their own commands on the same deployment.
+    pub fn connection(&self) -> RedisConnection {
         self.inner.conn.clone()
+    }
+
+    /// Whether this client talks to a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        self.inner.conn.is_cluster()
     }
 
     /// Number of locks the watchdog is currently renewing.
@@ -167,6 +180,39 @@ impl LockClient {
         let n = self.inner.owner_seq.fetch_add(1, Ordering::Relaxed);
         format!("{}:{n}", self.inner.id)
     }
+}
+
+/// One server: a reconnecting command connection and a pub/sub connection.
+async fn connect_single(
+    url: &str,
+    config: &LockConfig,
+    id: &str,
+) -> Result<(RedisConnection, PubSubHub)> {
+    let client = redis::Client::open(url)?;
+    let conn = client
+        .get_connection_manager_with_config(manager_config(config))
+        .await?;
+    let pubsub = PubSubHub::start(client, id).await?;
+    Ok((RedisConnection::Single(conn), pubsub))
+}
+
+/// A cluster: a routing command connection, and a second RESP3 one for sharded pub/sub.
+async fn connect_cluster(
+    nodes: &[String],
+    config: &LockConfig,
+    id: &str,
+) -> Result<(RedisConnection, PubSubHub)> {
+    let timeouts = Timeouts {
+        response: config.response_timeout,
+        connect: config.connection_timeout,
+    };
+    let conn = conn::cluster_connection(nodes, timeouts, None).await?;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let sub = conn::cluster_connection(nodes, timeouts, Some(tx)).await?;
+    Ok((
+        RedisConnection::Cluster(conn),
+        PubSubHub::start_sharded(sub, rx, id),
+    ))
 }
 
 /// ConnectionManager settings from the lock config: bounded reply and connect times, and

@@ -31,6 +31,7 @@
 
 mod client;
 mod config;
+mod conn;
 mod error;
 mod fair;
 mod keys;
@@ -44,6 +45,7 @@ mod watchdog;
 
 pub use client::LockClient;
 pub use config::{Lease, LockConfig, ReplicaSync};
+pub use conn::{RedisConnection, RedisTarget};
 pub use error::{LockError, Result};
 pub use fair::{FairGuard, FairKeys, FairLock};
 pub use keys::LockKeys;

@@ -336,7 +336,11 @@ impl RLock {
     /// the holder's guard reports the loss at its next renewal). True if a lock was deleted.
     pub async fn force_unlock(&self) -> Result<bool> {
         let mut conn = self.shared.client.conn.clone();
-        let deleted: i64 = scripts::FORCE_RELEASE
+        let deleted: i64 = self
+            .shared
+            .client
+            .scripts
+            .force_release
             .key(&self.shared.keys.lock)
             .key(&self.shared.keys.channel)
             .arg("")
@@ -391,11 +395,10 @@ impl LockShared {
     async fn wait_for_replicas(&self, sync: crate::ReplicaSync, token: u64) -> Result<()> {
         let mut conn = self.client.conn.clone();
         let timeout_ms = u64::try_from(sync.timeout.as_millis()).unwrap_or(u64::MAX);
-        let acked: redis::RedisResult<usize> = redis::cmd("WAIT")
-            .arg(sync.replicas)
-            .arg(timeout_ms)
-            .query_async(&mut conn)
-            .await;
+        // On a cluster, WAIT must run on the master of this lock's slot.
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(sync.replicas).arg(timeout_ms);
+        let acked: redis::RedisResult<usize> = conn.query_for_key(&wait, &self.keys.lock).await;
         let acked = match acked {
             Ok(n) if n >= sync.replicas => return Ok(()),
             Ok(n) => n,
@@ -422,7 +425,10 @@ impl LockShared {
         let mut backoff = Duration::from_millis(20);
         loop {
             let mut conn = self.client.conn.clone();
-            let reply: redis::RedisResult<i64> = scripts::UNDO_ACQUIRE
+            let reply: redis::RedisResult<i64> = self
+                .client
+                .scripts
+                .undo_acquire
                 .key(&self.keys.lock)
                 .key(&self.keys.channel)
                 .arg(&self.owner)
@@ -453,7 +459,9 @@ impl LockShared {
     /// `last`, the acquisition ends whatever hold count Redis has.
     async fn release_script(&self, token: u64, last: bool) -> Result<i64> {
         let mut conn = self.client.conn.clone();
-        scripts::RELEASE
+        self.client
+            .scripts
+            .release
             .key(&self.keys.lock)
             .key(&self.keys.channel)
             .arg(&self.owner)

@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use redis::aio::{PubSubSink, PubSubStream};
-use tokio::sync::Notify;
+use redis::cluster_async::ClusterConnection;
+use redis::{PushInfo, PushKind};
+use tokio::sync::{Notify, mpsc};
 use tokio::task::AbortHandle;
 
 #[derive(Debug)]
@@ -25,21 +27,84 @@ struct ChannelEntry {
     refs: usize,
 }
 
-#[derive(Debug)]
 struct HubShared {
-    client: redis::Client,
     /// `<client id>:`, the prefix of grants addressed to this client.
     grant_prefix: String,
-    /// Channel name -> local waiters. Changed only while `sink` is locked, so the map and the
-    /// server's subscriptions change in the same order.
+    /// Channel name -> local waiters. Changed only while the transport's order lock is held,
+    /// so the map and the server's subscriptions change in the same order.
     channels: Mutex<HashMap<String, ChannelEntry>>,
-    /// `None` while the connection is down; the reader task reconnects and resubscribes.
-    sink: tokio::sync::Mutex<Option<PubSubSink>>,
+    transport: Transport,
+}
+
+impl std::fmt::Debug for HubShared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HubShared")
+            .field("channels", &self.channels().len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// How subscriptions reach Redis.
+enum Transport {
+    /// One server: a dedicated pub/sub connection (`SUBSCRIBE`), re-made by the reader.
+    Single {
+        client: Box<redis::Client>,
+        /// `None` while the connection is down; the reader task reconnects and resubscribes.
+        sink: tokio::sync::Mutex<Option<PubSubSink>>,
+    },
+    /// A cluster: sharded pub/sub (`SSUBSCRIBE`) on a RESP3 cluster connection, which routes
+    /// each channel to the master of its slot; messages arrive as pushes.
+    Sharded {
+        conn: ClusterConnection,
+        order: tokio::sync::Mutex<()>,
+    },
+}
+
+/// The transport's order lock, held while the channel map and the server's subscriptions
+/// change together.
+enum Ordered<'a> {
+    Single(tokio::sync::MutexGuard<'a, Option<PubSubSink>>),
+    Sharded {
+        _order: tokio::sync::MutexGuard<'a, ()>,
+        conn: ClusterConnection,
+    },
+}
+
+impl Ordered<'_> {
+    async fn subscribe(&mut self, channel: &str) -> redis::RedisResult<()> {
+        match self {
+            Ordered::Single(sink) => match sink.as_mut() {
+                Some(s) => s.subscribe(channel).await,
+                None => Ok(()),
+            },
+            Ordered::Sharded { conn, .. } => conn.ssubscribe(channel).await,
+        }
+    }
+
+    async fn unsubscribe(&mut self, channel: &str) -> redis::RedisResult<()> {
+        match self {
+            Ordered::Single(sink) => match sink.as_mut() {
+                Some(s) => s.unsubscribe(channel).await,
+                None => Ok(()),
+            },
+            Ordered::Sharded { conn, .. } => conn.sunsubscribe(channel).await,
+        }
+    }
 }
 
 impl HubShared {
     fn channels(&self) -> MutexGuard<'_, HashMap<String, ChannelEntry>> {
         self.channels.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    async fn ordered(&self) -> Ordered<'_> {
+        match &self.transport {
+            Transport::Single { sink, .. } => Ordered::Single(sink.lock().await),
+            Transport::Sharded { conn, order } => Ordered::Sharded {
+                _order: order.lock().await,
+                conn: conn.clone(),
+            },
+        }
     }
 
     fn wake_all(&self) {
@@ -64,23 +129,44 @@ impl Drop for PubSubHub {
 }
 
 impl PubSubHub {
-    /// Connect and start the reader task.
+    /// Connect to one server and start the reader task.
     pub(crate) async fn start(client: redis::Client, client_id: &str) -> redis::RedisResult<Self> {
         let (sink, stream) = client.get_async_pubsub().await?.split();
         let shared = Arc::new(HubShared {
-            client,
             grant_prefix: format!("{client_id}:"),
             channels: Mutex::new(HashMap::new()),
-            sink: tokio::sync::Mutex::new(Some(sink)),
+            transport: Transport::Single {
+                client: Box::new(client),
+                sink: tokio::sync::Mutex::new(Some(sink)),
+            },
         });
         let reader = tokio::spawn(read_loop(Arc::clone(&shared), stream)).abort_handle();
         Ok(PubSubHub { shared, reader })
     }
 
+    /// Use sharded pub/sub on a cluster: `conn` is a RESP3 cluster connection whose pushes
+    /// arrive on `pushes`.
+    pub(crate) fn start_sharded(
+        conn: ClusterConnection,
+        pushes: mpsc::UnboundedReceiver<PushInfo>,
+        client_id: &str,
+    ) -> Self {
+        let shared = Arc::new(HubShared {
+            grant_prefix: format!("{client_id}:"),
+            channels: Mutex::new(HashMap::new()),
+            transport: Transport::Sharded {
+                conn,
+                order: tokio::sync::Mutex::new(()),
+            },
+        });
+        let reader = tokio::spawn(read_pushes(Arc::clone(&shared), pushes)).abort_handle();
+        PubSubHub { shared, reader }
+    }
+
     /// Subscribe this waiter to `channel`. The first local waiter sends SUBSCRIBE and waits
     /// for Redis to confirm it, so a release published after this returns is seen.
     pub(crate) async fn subscribe(&self, channel: &str) -> redis::RedisResult<Subscription> {
-        let mut sink = self.shared.sink.lock().await;
+        let mut ordered = self.shared.ordered().await;
         let subscription = {
             let mut channels = self.shared.channels();
             if let Some(entry) = channels.get_mut(channel) {
@@ -96,9 +182,7 @@ impl PubSubHub {
             channels.insert(channel.to_owned(), entry);
             subscription
         };
-        if let Some(s) = sink.as_mut()
-            && let Err(err) = s.subscribe(channel).await
-        {
+        if let Err(err) = ordered.subscribe(channel).await {
             // The connection is broken: the reader will notice, reconnect and
             // resubscribe everything in the map, including this channel. Until then the
             // waiter's TTL cap bounds its wait.
@@ -147,7 +231,7 @@ impl Drop for Subscription {
             return;
         };
         rt.spawn(async move {
-            let mut sink = shared.sink.lock().await;
+            let mut ordered = shared.ordered().await;
             let last = {
                 let mut channels = shared.channels();
                 match channels.get_mut(&channel) {
@@ -162,10 +246,7 @@ impl Drop for Subscription {
                     None => false,
                 }
             };
-            if last
-                && let Some(s) = sink.as_mut()
-                && let Err(err) = s.unsubscribe(&channel).await
-            {
+            if last && let Err(err) = ordered.unsubscribe(&channel).await {
                 tracing::debug!(%channel, error = %err, "unsubscribe failed");
             }
         });
@@ -174,12 +255,12 @@ impl Drop for Subscription {
 
 /// Wake the waiter a message is for: one local waiter for a release, the client's driver for
 /// a grant to this client, nobody for a grant to another client.
-fn dispatch(shared: &HubShared, msg: &redis::Msg) {
+fn dispatch(shared: &HubShared, channel: &str, payload: &[u8]) {
     let channels = shared.channels();
-    let Some(entry) = channels.get(msg.get_channel_name()) else {
+    let Some(entry) = channels.get(channel) else {
         return;
     };
-    let payload = String::from_utf8_lossy(msg.get_payload_bytes());
+    let payload = String::from_utf8_lossy(payload);
     match payload.split_once(':') {
         None => entry.notify.notify_one(),
         Some(_) => {
@@ -200,25 +281,28 @@ fn dispatch(shared: &HubShared, msg: &redis::Msg) {
 async fn read_loop(shared: Arc<HubShared>, mut stream: PubSubStream) {
     loop {
         while let Some(msg) = stream.next().await {
-            dispatch(&shared, &msg);
+            dispatch(&shared, msg.get_channel_name(), msg.get_payload_bytes());
         }
         tracing::warn!("pub/sub connection lost; reconnecting");
-        shared.sink.lock().await.take();
+        let Transport::Single { client, sink } = &shared.transport else {
+            return;
+        };
+        sink.lock().await.take();
         shared.wake_all();
         let mut backoff = Duration::from_millis(50);
         stream = loop {
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(2));
-            let Ok(pubsub) = shared.client.get_async_pubsub().await else {
+            let Ok(pubsub) = client.get_async_pubsub().await else {
                 continue;
             };
-            let (mut sink, stream) = pubsub.split();
-            let mut guard = shared.sink.lock().await;
+            let (mut new_sink, stream) = pubsub.split();
+            let mut guard = sink.lock().await;
             let names: Vec<String> = shared.channels().keys().cloned().collect();
-            if !names.is_empty() && sink.subscribe(&names).await.is_err() {
+            if !names.is_empty() && new_sink.subscribe(&names).await.is_err() {
                 continue;
             }
-            *guard = Some(sink);
+            *guard = Some(new_sink);
             drop(guard);
             tracing::info!(channels = names.len(), "pub/sub reconnected");
             // Releases may have been published while we were away.
@@ -226,4 +310,52 @@ async fn read_loop(shared: Arc<HubShared>, mut stream: PubSubStream) {
             break stream;
         };
     }
+}
+
+/// Dispatch sharded messages. The cluster client re-subscribes after its own reconnections;
+/// when a slot moves, the old owner ends its subscriptions (a `sunsubscribe` push) and this
+/// subscribes again, now routed to the new owner. Either way every waiter of the channel is
+/// woken to re-check, since a release may have been published in between.
+async fn read_pushes(shared: Arc<HubShared>, mut pushes: mpsc::UnboundedReceiver<PushInfo>) {
+    while let Some(push) = pushes.recv().await {
+        match push.kind {
+            PushKind::SMessage | PushKind::Message => {
+                if let [channel, payload, ..] = push.data.as_slice()
+                    && let (Ok(channel), Ok(payload)) = (
+                        redis::from_redis_value_ref::<String>(channel),
+                        redis::from_redis_value_ref::<Vec<u8>>(payload),
+                    )
+                {
+                    dispatch(&shared, &channel, &payload);
+                }
+            }
+            PushKind::SUnsubscribe => {
+                if let Some(channel) = push.data.first()
+                    && let Ok(channel) = redis::from_redis_value_ref::<String>(channel)
+                {
+                    resubscribe_if_wanted(&shared, &channel).await;
+                }
+            }
+            PushKind::Disconnection => shared.wake_all(),
+            _ => {}
+        }
+    }
+}
+
+/// A server ended the subscription to `channel` (its slot moved): subscribe again if local
+/// waiters still want it, and wake them.
+async fn resubscribe_if_wanted(shared: &Arc<HubShared>, channel: &str) {
+    let mut ordered = shared.ordered().await;
+    let wanted = shared
+        .channels()
+        .get(channel)
+        .map(|e| Arc::clone(&e.notify));
+    let Some(notify) = wanted else {
+        return;
+    };
+    if let Err(err) = ordered.subscribe(channel).await {
+        tracing::warn!(%channel, error = %err, "sharded re-subscription failed; waiters fall back to their caps");
+    }
+    notify.notify_waiters();
+    notify.notify_one();
 }

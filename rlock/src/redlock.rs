@@ -354,7 +354,7 @@ impl RedGuard {
         join_all(inner.masters.iter().map(|m| {
             let mut conn = m.clone();
             async move {
-                let mut invocation = scripts::FORCE_RELEASE.prepare_invoke();
+                let mut invocation = scripts::publishing(false).force_release.prepare_invoke();
                 invocation
                     .key(&self.keys.lock)
                     .key(&self.keys.channel)

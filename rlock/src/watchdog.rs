@@ -110,52 +110,75 @@ pub(crate) async fn run(client: Weak<ClientInner>, interval: Duration) {
     }
 }
 
+/// One lock to renew: (key, owner), token, the guard's lease.
+type Renewal = ((String, String), u64, LeaseSender);
+
 async fn renew_all(inner: &ClientInner) {
-    let lease = inner.config.watchdog_timeout;
-    let lease_ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX);
-    let batch: Vec<((String, String), u64, LeaseSender)> = inner
+    let batch: Vec<Renewal> = inner
         .watchdog
         .entries()
         .iter()
         .map(|(k, e)| (k.clone(), e.token, Arc::clone(&e.lease)))
         .collect();
-    for chunk in batch.chunks(inner.config.watchdog_batch_size) {
-        let mut invocation = scripts::RENEW.prepare_invoke();
-        invocation.arg(lease_ms);
-        for ((key, owner), token, _) in chunk {
-            invocation.key(key).arg(owner).arg(token);
+    for group in by_slot(batch, inner.conn.is_cluster()) {
+        for chunk in group.chunks(inner.config.watchdog_batch_size) {
+            renew_batch(inner, chunk).await;
         }
-        let sent = Instant::now();
-        let mut conn = inner.conn.clone();
-        match invocation.invoke_async::<Vec<i64>>(&mut conn).await {
-            Ok(results) => {
-                let mut renewed = 0;
-                for (((key, owner), token, sender), result) in chunk.iter().zip(results) {
-                    if result == 1 {
-                        renewed += 1;
-                        sender.send_modify(|s| {
-                            if !s.lost {
-                                s.valid_until = sent + lease;
-                            }
-                        });
-                    } else if !inner.watchdog.is_registered(key, owner, *token) {
-                        // Released while this batch was on its way: not a loss.
-                    } else {
-                        tracing::warn!(lock = %key, %token, "lock lost: renewal found it gone");
-                        inner.watchdog.deregister(key, owner, *token);
-                        sender.send_modify(|s| s.lost = true);
-                        inner.metrics.lost();
-                        inner.metrics.renewed("lost", 1);
-                    }
+    }
+}
+
+/// On a cluster one script may only touch keys of one slot, so renewals are grouped by the
+/// lock key's slot (each group is still batched); on one server they form one group.
+fn by_slot(batch: Vec<Renewal>, cluster: bool) -> Vec<Vec<Renewal>> {
+    if !cluster {
+        return vec![batch];
+    }
+    let mut groups: HashMap<redis::cluster_routing::Slot, Vec<Renewal>> = HashMap::new();
+    for renewal in batch {
+        let slot = redis::cluster_routing::Slot::for_key(&renewal.0.0);
+        groups.entry(slot).or_default().push(renewal);
+    }
+    groups.into_values().collect()
+}
+
+async fn renew_batch(inner: &ClientInner, chunk: &[Renewal]) {
+    let lease = inner.config.watchdog_timeout;
+    let lease_ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX);
+    let mut invocation = scripts::RENEW.prepare_invoke();
+    invocation.arg(lease_ms);
+    for ((key, owner), token, _) in chunk {
+        invocation.key(key).arg(owner).arg(token);
+    }
+    let sent = Instant::now();
+    let mut conn = inner.conn.clone();
+    match invocation.invoke_async::<Vec<i64>>(&mut conn).await {
+        Ok(results) => {
+            let mut renewed = 0;
+            for (((key, owner), token, sender), result) in chunk.iter().zip(results) {
+                if result == 1 {
+                    renewed += 1;
+                    sender.send_modify(|s| {
+                        if !s.lost {
+                            s.valid_until = sent + lease;
+                        }
+                    });
+                } else if !inner.watchdog.is_registered(key, owner, *token) {
+                    // Released while this batch was on its way: not a loss.
+                } else {
+                    tracing::warn!(lock = %key, %token, "lock lost: renewal found it gone");
+                    inner.watchdog.deregister(key, owner, *token);
+                    sender.send_modify(|s| s.lost = true);
+                    inner.metrics.lost();
+                    inner.metrics.renewed("lost", 1);
                 }
-                inner.metrics.renewed("ok", renewed);
             }
-            Err(err) => {
-                // Keep trying every interval; a guard's `lost()` fires on its own once
-                // `valid_until` passes without a successful renewal.
-                tracing::warn!(error = %err, locks = chunk.len(), "lease renewal failed");
-                inner.metrics.renewed("error", chunk.len() as u64);
-            }
+            inner.metrics.renewed("ok", renewed);
+        }
+        Err(err) => {
+            // Keep trying every interval; a guard's `lost()` fires on its own once
+            // `valid_until` passes without a successful renewal.
+            tracing::warn!(error = %err, locks = chunk.len(), "lease renewal failed");
+            inner.metrics.renewed("error", chunk.len() as u64);
         }
     }
 }

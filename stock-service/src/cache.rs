@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
+use rlock::RedisConnection;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
@@ -52,7 +52,7 @@ type Seen = Arc<Mutex<SeenMap>>;
 /// Redis state of the stock-service.
 #[derive(Debug, Clone)]
 pub struct StockCache {
-    pub(crate) conn: ConnectionManager,
+    pub(crate) conn: RedisConnection,
     prefix: String,
     sold_out_ttl: Duration,
     local: Arc<Mutex<HashMap<String, Instant>>>,
@@ -73,7 +73,7 @@ impl StockCache {
     /// Connect the event listener (sold-out / restock broadcasts) and return the cache.
     pub async fn start(
         client: redis::Client,
-        conn: ConnectionManager,
+        conn: RedisConnection,
         prefix: &str,
         sold_out_ttl: Duration,
     ) -> redis::RedisResult<Self> {

@@ -115,7 +115,14 @@ impl Cohort {
         let timeout_ms = lease_millis(config.fair_waiter_timeout)?;
         let keys = FairKeys::new(&config.key_prefix, name);
         Ok(Cohort {
-            commands: FairCommands::new(keys, &client.id, lease_millis(lease)?, step, timeout_ms),
+            commands: FairCommands::new(
+                keys,
+                &client.id,
+                lease_millis(lease)?,
+                step,
+                timeout_ms,
+                client.scripts,
+            ),
             lease,
             pass_limit: config.fair_local_handoffs,
             refresh: config.fair_waiter_timeout / 3,

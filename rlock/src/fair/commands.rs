@@ -39,6 +39,7 @@ pub(crate) struct FairCommands {
     pub(crate) waiter_timeout_ms: u64,
     lease_ms: u64,
     step: u64,
+    scripts: &'static scripts::Publishing,
     /// The lock's value while the fast path's tenure holds it.
     fast_value: String,
 }
@@ -50,6 +51,7 @@ impl FairCommands {
         lease_ms: u64,
         step: u64,
         timeout_ms: u64,
+        scripts: &'static scripts::Publishing,
     ) -> Self {
         FairCommands {
             entry: format!("{lease_ms}:{step}:{owner}"),
@@ -59,6 +61,7 @@ impl FairCommands {
             waiter_timeout_ms: timeout_ms,
             lease_ms,
             step,
+            scripts,
         }
     }
 
@@ -79,7 +82,7 @@ impl FairCommands {
     /// ran out, and then it goes first once.
     pub(crate) async fn take_fast(
         &self,
-        conn: &mut redis::aio::ConnectionManager,
+        conn: &mut crate::RedisConnection,
     ) -> Result<Taken, LockError> {
         let mut pipe = redis::pipe();
         pipe.atomic()
@@ -110,7 +113,7 @@ impl FairCommands {
     /// this client's place in the queue.
     pub(crate) async fn take(
         &self,
-        conn: &mut redis::aio::ConnectionManager,
+        conn: &mut crate::RedisConnection,
         queue: bool,
     ) -> Result<Taken, LockError> {
         match self.take_once(conn, queue).await? {
@@ -128,10 +131,10 @@ impl FairCommands {
 
     async fn take_once(
         &self,
-        conn: &mut redis::aio::ConnectionManager,
+        conn: &mut crate::RedisConnection,
         queue: bool,
     ) -> Result<Option<Taken>, LockError> {
-        let mut inv = self.invocation(&scripts::FAIR_ACQUIRE);
+        let mut inv = self.invocation(&self.scripts.fair_acquire);
         inv.arg(&self.owner)
             .arg(&self.entry)
             .arg(self.waiter_timeout_ms)
@@ -155,11 +158,11 @@ impl FairCommands {
     /// back in the same step (it has more local waiters).
     pub(crate) async fn release(
         &self,
-        conn: &mut redis::aio::ConnectionManager,
+        conn: &mut crate::RedisConnection,
         base: u64,
         requeue: bool,
     ) -> Result<Released, LockError> {
-        let mut inv = self.invocation(&scripts::FAIR_RELEASE);
+        let mut inv = self.invocation(&self.scripts.fair_release);
         inv.arg(&self.owner)
             .arg(base)
             .arg(if requeue { self.entry.as_str() } else { "" })
@@ -186,20 +189,16 @@ impl FairCommands {
     /// Leave the queue and release the lock if this client holds it. Idempotent.
     pub(crate) async fn leave(
         &self,
-        conn: &mut redis::aio::ConnectionManager,
+        conn: &mut crate::RedisConnection,
     ) -> redis::RedisResult<bool> {
-        let mut inv = self.invocation(&scripts::FAIR_LEAVE);
+        let mut inv = self.invocation(&self.scripts.fair_leave);
         inv.arg(&self.owner).arg(&self.entry);
         let held: i64 = inv.invoke_async(conn).await?;
         Ok(held == 1)
     }
 
     /// [`FairCommands::leave`], retried until Redis answers or `give_up` passes.
-    pub(crate) async fn leave_retrying(
-        &self,
-        conn: &mut redis::aio::ConnectionManager,
-        give_up: Instant,
-    ) {
+    pub(crate) async fn leave_retrying(&self, conn: &mut crate::RedisConnection, give_up: Instant) {
         let mut backoff = std::time::Duration::from_millis(20);
         loop {
             match self.leave(conn).await {
