@@ -3,9 +3,11 @@
 //! Integration tests either use the shared instances named by [`redis_url`] and
 //! [`database_url`] (exported by `cargo xtask test`), or start their own
 //! throwaway server with [`RedisServer::start`] / [`PostgresServer::start`] when
-//! they need to crash, restart or otherwise abuse it. Throwaway servers run as
-//! child processes on free loopback ports, keep their files in a private
-//! temporary directory and are stopped (by their own pid) when dropped.
+//! they need to crash, restart or otherwise abuse it, or a [`RedisCluster`] of
+//! several redis-servers when they need cluster semantics (slots, `MOVED`,
+//! resharding). Throwaway servers run as child processes on free loopback ports,
+//! keep their files in a private temporary directory and are stopped (by their
+//! own pid) when dropped.
 //!
 //! ```no_run
 //! # fn main() -> anyhow::Result<()> {
@@ -20,6 +22,7 @@
 
 pub mod anchor;
 mod postgres_server;
+mod redis_cluster;
 mod redis_server;
 mod util;
 
@@ -28,6 +31,7 @@ use std::net::{Ipv4Addr, TcpListener};
 use anyhow::Context as _;
 
 pub use postgres_server::PostgresServer;
+pub use redis_cluster::RedisCluster;
 pub use redis_server::RedisServer;
 
 /// Default for [`redis_url`] when `$REDIS_URL` is not set.
