@@ -9,7 +9,7 @@ use redis::aio::ConnectionManagerConfig;
 use tokio::task::AbortHandle;
 
 use crate::config::LockConfig;
-use crate::conn::{self, RedisConnection, RedisTarget, Timeouts};
+use crate::conn::{self, RedisConnection, RedisTarget, SingleConnection, Timeouts};
 use crate::fair::{Cohorts, FairLock};
 use crate::keys::{self, LockKeys};
 use crate::lock::RLock;
@@ -189,10 +189,14 @@ async fn connect_single(
     id: &str,
 ) -> Result<(RedisConnection, PubSubHub)> {
     let client = redis::Client::open(url)?;
-    let conn = client
-        .get_connection_manager_with_config(manager_config(config))
-        .await?;
-    let pubsub = PubSubHub::start(client, id).await?;
+    let conn = SingleConnection::connect(
+        client.clone(),
+        manager_config(config),
+        config.rebuild_after_timeouts,
+    )
+    .await?;
+    let pubsub =
+        PubSubHub::start(client, id, config.ping_interval, config.response_timeout).await?;
     Ok((RedisConnection::Single(conn), pubsub))
 }
 
@@ -211,7 +215,7 @@ async fn connect_cluster(
     let sub = conn::cluster_connection(nodes, timeouts, Some(tx)).await?;
     Ok((
         RedisConnection::Cluster(conn),
-        PubSubHub::start_sharded(sub, rx, id),
+        PubSubHub::start_sharded(sub, rx, id, config.response_timeout),
     ))
 }
 

@@ -38,6 +38,14 @@ pub struct LockConfig {
     pub connection_timeout: Duration,
     /// Require replica acknowledgement of each new acquisition (default off).
     pub replica_sync: Option<ReplicaSync>,
+    /// Replace the connection to a single server after this many response timeouts in a row
+    /// (0: never); a silent failover otherwise leaves every call timing out on the old socket
+    /// (default 3).
+    pub rebuild_after_timeouts: u32,
+    /// How often the pub/sub connection is pinged; an unanswered ping (within
+    /// `response_timeout`) makes it reconnect and resubscribe, so a half-open socket cannot
+    /// leave waiters deaf (default 5 s, as a shorter Redisson `pingConnectionInterval`).
+    pub ping_interval: Duration,
     /// Fair locks: how many times in a row a release may pass the lock to another task of
     /// the same client without going through Redis, while other clients may be queued
     /// (bounded barging; 0 is strict FIFO across clients). See docs/locking.md.
@@ -56,6 +64,8 @@ impl Default for LockConfig {
             response_timeout: Duration::from_secs(3),
             connection_timeout: Duration::from_secs(1),
             replica_sync: None,
+            rebuild_after_timeouts: 3,
+            ping_interval: Duration::from_secs(5),
             fair_local_handoffs: 32,
             fair_waiter_timeout: Duration::from_secs(3),
         }

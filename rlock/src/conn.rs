@@ -5,17 +5,19 @@
 
 use std::time::Duration;
 
-use redis::aio::{ConnectionLike, ConnectionManager};
+use redis::aio::ConnectionLike;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, Slot, SlotAddr};
 use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
+
+pub use crate::rebuild::SingleConnection;
 
 /// A connection to a single Redis or to a Redis Cluster; cheap to clone, usable with any
 /// redis-rs command, script or pipeline.
 #[derive(Clone)]
 pub enum RedisConnection {
-    /// One server, reconnecting.
-    Single(ConnectionManager),
+    /// One server, reconnecting (also after repeated response timeouts).
+    Single(SingleConnection),
     /// A cluster, routing by key.
     Cluster(ClusterConnection),
 }

@@ -39,13 +39,14 @@ mod lock;
 pub mod metrics;
 mod multi;
 mod pubsub;
+mod rebuild;
 mod redlock;
 mod scripts;
 mod watchdog;
 
 pub use client::LockClient;
 pub use config::{Lease, LockConfig, ReplicaSync};
-pub use conn::{RedisConnection, RedisTarget};
+pub use conn::{RedisConnection, RedisTarget, SingleConnection};
 pub use error::{LockError, Result};
 pub use fair::{FairGuard, FairKeys, FairLock};
 pub use keys::LockKeys;

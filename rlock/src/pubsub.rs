@@ -30,6 +30,9 @@ struct ChannelEntry {
 struct HubShared {
     /// `<client id>:`, the prefix of grants addressed to this client.
     grant_prefix: String,
+    /// Bound of every subscription command and ping: a half-open socket must not hold the
+    /// order lock (and every waiter behind it) forever.
+    response_timeout: Duration,
     /// Channel name -> local waiters. Changed only while the transport's order lock is held,
     /// so the map and the server's subscriptions change in the same order.
     channels: Mutex<HashMap<String, ChannelEntry>>,
@@ -60,6 +63,20 @@ enum Transport {
     },
 }
 
+/// `fut`, or a timeout error after `bound`.
+async fn bounded<T>(
+    bound: Duration,
+    fut: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> redis::RedisResult<T> {
+    match tokio::time::timeout(bound, fut).await {
+        Ok(reply) => reply,
+        Err(_) => Err(redis::RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "pub/sub command timed out",
+        ))),
+    }
+}
+
 /// The transport's order lock, held while the channel map and the server's subscriptions
 /// change together.
 enum Ordered<'a> {
@@ -71,20 +88,20 @@ enum Ordered<'a> {
 }
 
 impl Ordered<'_> {
-    async fn subscribe(&mut self, channel: &str) -> redis::RedisResult<()> {
+    async fn subscribe(&mut self, channel: &str, bound: Duration) -> redis::RedisResult<()> {
         match self {
             Ordered::Single(sink) => match sink.as_mut() {
-                Some(s) => s.subscribe(channel).await,
+                Some(s) => bounded(bound, s.subscribe(channel)).await,
                 None => Ok(()),
             },
             Ordered::Sharded { conn, .. } => conn.ssubscribe(channel).await,
         }
     }
 
-    async fn unsubscribe(&mut self, channel: &str) -> redis::RedisResult<()> {
+    async fn unsubscribe(&mut self, channel: &str, bound: Duration) -> redis::RedisResult<()> {
         match self {
             Ordered::Single(sink) => match sink.as_mut() {
-                Some(s) => s.unsubscribe(channel).await,
+                Some(s) => bounded(bound, s.unsubscribe(channel)).await,
                 None => Ok(()),
             },
             Ordered::Sharded { conn, .. } => conn.sunsubscribe(channel).await,
@@ -129,18 +146,25 @@ impl Drop for PubSubHub {
 }
 
 impl PubSubHub {
-    /// Connect to one server and start the reader task.
-    pub(crate) async fn start(client: redis::Client, client_id: &str) -> redis::RedisResult<Self> {
+    /// Connect to one server and start the reader task, which pings every `ping_interval`.
+    pub(crate) async fn start(
+        client: redis::Client,
+        client_id: &str,
+        ping_interval: Duration,
+        response_timeout: Duration,
+    ) -> redis::RedisResult<Self> {
         let (sink, stream) = client.get_async_pubsub().await?.split();
         let shared = Arc::new(HubShared {
             grant_prefix: format!("{client_id}:"),
+            response_timeout,
             channels: Mutex::new(HashMap::new()),
             transport: Transport::Single {
                 client: Box::new(client),
                 sink: tokio::sync::Mutex::new(Some(sink)),
             },
         });
-        let reader = tokio::spawn(read_loop(Arc::clone(&shared), stream)).abort_handle();
+        let reader =
+            tokio::spawn(read_loop(Arc::clone(&shared), stream, ping_interval)).abort_handle();
         Ok(PubSubHub { shared, reader })
     }
 
@@ -150,9 +174,11 @@ impl PubSubHub {
         conn: ClusterConnection,
         pushes: mpsc::UnboundedReceiver<PushInfo>,
         client_id: &str,
+        response_timeout: Duration,
     ) -> Self {
         let shared = Arc::new(HubShared {
             grant_prefix: format!("{client_id}:"),
+            response_timeout,
             channels: Mutex::new(HashMap::new()),
             transport: Transport::Sharded {
                 conn,
@@ -182,7 +208,10 @@ impl PubSubHub {
             channels.insert(channel.to_owned(), entry);
             subscription
         };
-        if let Err(err) = ordered.subscribe(channel).await {
+        if let Err(err) = ordered
+            .subscribe(channel, self.shared.response_timeout)
+            .await
+        {
             // The connection is broken: the reader will notice, reconnect and
             // resubscribe everything in the map, including this channel. Until then the
             // waiter's TTL cap bounds its wait.
@@ -246,7 +275,7 @@ impl Drop for Subscription {
                     None => false,
                 }
             };
-            if last && let Err(err) = ordered.unsubscribe(&channel).await {
+            if last && let Err(err) = ordered.unsubscribe(&channel, shared.response_timeout).await {
                 tracing::debug!(%channel, error = %err, "unsubscribe failed");
             }
         });
@@ -278,10 +307,23 @@ fn dispatch(shared: &HubShared, channel: &str, payload: &[u8]) {
 
 /// Dispatch messages; on disconnect wake every waiter (they retry and fall back to their TTL
 /// cap), reconnect with backoff and resubscribe every channel that still has waiters.
-async fn read_loop(shared: Arc<HubShared>, mut stream: PubSubStream) {
+async fn read_loop(shared: Arc<HubShared>, mut stream: PubSubStream, ping_interval: Duration) {
     loop {
-        while let Some(msg) = stream.next().await {
-            dispatch(&shared, msg.get_channel_name(), msg.get_payload_bytes());
+        let mut ticker = tokio::time::interval(ping_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                msg = stream.next() => match msg {
+                    Some(msg) => dispatch(&shared, msg.get_channel_name(), msg.get_payload_bytes()),
+                    None => break,
+                },
+                _ = ticker.tick() => {
+                    if !answers_ping(&shared).await {
+                        tracing::warn!("pub/sub connection does not answer a ping");
+                        break;
+                    }
+                }
+            }
         }
         tracing::warn!("pub/sub connection lost; reconnecting");
         let Transport::Single { client, sink } = &shared.transport else {
@@ -299,7 +341,11 @@ async fn read_loop(shared: Arc<HubShared>, mut stream: PubSubStream) {
             let (mut new_sink, stream) = pubsub.split();
             let mut guard = sink.lock().await;
             let names: Vec<String> = shared.channels().keys().cloned().collect();
-            if !names.is_empty() && new_sink.subscribe(&names).await.is_err() {
+            if !names.is_empty()
+                && bounded(shared.response_timeout, new_sink.subscribe(&names))
+                    .await
+                    .is_err()
+            {
                 continue;
             }
             *guard = Some(new_sink);
@@ -309,6 +355,22 @@ async fn read_loop(shared: Arc<HubShared>, mut stream: PubSubStream) {
             shared.wake_all();
             break stream;
         };
+    }
+}
+
+/// Whether the pub/sub connection answers a `PING` within the response timeout (review
+/// defect 3: a half-open socket otherwise leaves every waiter deaf until its cap).
+async fn answers_ping(shared: &HubShared) -> bool {
+    let Transport::Single { sink, .. } = &shared.transport else {
+        return true;
+    };
+    let bound = shared.response_timeout;
+    let Ok(mut guard) = tokio::time::timeout(bound, sink.lock()).await else {
+        return false;
+    };
+    match guard.as_mut() {
+        Some(s) => bounded(bound, s.ping::<String>()).await.is_ok(),
+        None => false,
     }
 }
 
@@ -353,7 +415,7 @@ async fn resubscribe_if_wanted(shared: &Arc<HubShared>, channel: &str) {
     let Some(notify) = wanted else {
         return;
     };
-    if let Err(err) = ordered.subscribe(channel).await {
+    if let Err(err) = ordered.subscribe(channel, shared.response_timeout).await {
         tracing::warn!(%channel, error = %err, "sharded re-subscription failed; waiters fall back to their caps");
     }
     notify.notify_waiters();

@@ -222,3 +222,98 @@ async fn try_acquire_keeps_to_its_wait_when_redis_stalls() {
         "the abandoned acquisition was not given back"
     );
 }
+
+/// Review defects 4 and 3: a silent failover. The proxy freezes every open connection (no
+/// reset: the old primary's kernel still acknowledges) and sends new ones to another server.
+/// Response timeouts alone never make redis-rs reconnect, and a half-open pub/sub socket
+/// never reports anything: the client must rebuild its command connection after repeated
+/// timeouts and notice the dead pub/sub connection by an unanswered ping.
+async fn survive_a_silent_failover(cfg: LockConfig) -> Result<(), String> {
+    let a = RedisServer::start().expect("redis-server a");
+    let b = RedisServer::start().expect("redis-server b (the promoted replica)");
+    let proxy = common::proxy::FreezingProxy::start(a.port());
+    let c = LockClient::connect(&proxy.url(), cfg.clone())
+        .await
+        .expect("connect");
+    let lock = c.lock("failover").expect("lock");
+    lock.acquire()
+        .await
+        .expect("acquire")
+        .release()
+        .await
+        .expect("release");
+    proxy.freeze_and_switch(b.port());
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let guard = loop {
+        if let Ok(Some(g)) = lock.try_acquire(Duration::ZERO, Lease::Watchdog).await {
+            break g;
+        }
+        if Instant::now() > deadline {
+            return Err("commands still fail 5 s after the failover".into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let on_b: bool = redis::AsyncCommands::exists(&mut raw(&b.url()).await, &lock.keys().lock)
+        .await
+        .expect("exists");
+    assert!(on_b, "the lock must now be on the promoted server");
+    guard.release().await.expect("release");
+
+    // A holder talking to b directly (30 s lease); our waiter must be woken by its release,
+    // which needs a live subscription on b.
+    let direct = LockClient::connect(&b.url(), LockConfig { ..cfg.clone() })
+        .await
+        .expect("direct");
+    let held = direct
+        .lock("failover")
+        .expect("lock")
+        .acquire()
+        .await
+        .expect("acquire");
+    let waiter = tokio::spawn(async move {
+        let g = c
+            .lock("failover")
+            .expect("lock")
+            .acquire()
+            .await
+            .expect("acquire");
+        g.release().await.expect("release");
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    held.release().await.expect("release");
+    match tokio::time::timeout(Duration::from_secs(3), waiter).await {
+        Ok(_) => Ok(()),
+        Err(_) => Err("the waiter was not woken by the release after the failover".into()),
+    }
+}
+
+fn failover_config() -> LockConfig {
+    LockConfig {
+        response_timeout: Duration::from_millis(200),
+        ping_interval: Duration::from_millis(200),
+        ..config()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_silent_failover_is_survived_by_replacing_both_connections() {
+    survive_a_silent_failover(failover_config())
+        .await
+        .expect("failover");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_rebuilding_or_pinging_a_silent_failover_is_not_survived() {
+    // The negative controls: each half of the fix switched off fails the same scenario.
+    let no_rebuild = LockConfig {
+        rebuild_after_timeouts: 0,
+        ..failover_config()
+    };
+    assert!(survive_a_silent_failover(no_rebuild).await.is_err());
+    let no_ping = LockConfig {
+        ping_interval: Duration::from_secs(3600),
+        ..failover_config()
+    };
+    assert!(survive_a_silent_failover(no_ping).await.is_err());
+}
