@@ -11,6 +11,10 @@
 //!   **as long as the masters keep their data**. A master restarted empty forgets its counter
 //!   and its locks; see docs/locking.md for what that breaks and how to run the masters.
 //!
+//! Waiters are woken by pub/sub: after a failed attempt a waiter subscribes to the lock's
+//! channel on every master it can reach and retries when any of them announces a release
+//! (the release publishes on every master), with the random pause only as a fallback.
+//!
 //! Leases are fixed (no watchdog): the guard's [`RedGuard::valid_until`] is the end of the
 //! validity window. RedLock guards are not reentrant: every acquisition uses a fresh owner.
 
@@ -18,7 +22,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use futures_util::future::join_all;
+use futures_util::FutureExt;
+use futures_util::future::{join_all, select_all};
 use rand::Rng;
 use redis::aio::ConnectionManager;
 use tokio::sync::oneshot;
@@ -27,6 +32,7 @@ use tokio::time::Instant;
 use crate::client::manager_config;
 use crate::config::{LockConfig, lease_millis};
 use crate::keys::{self, LockKeys};
+use crate::pubsub::{PubSubHub, Subscription};
 use crate::scripts;
 use crate::{LockError, Result};
 
@@ -40,7 +46,9 @@ pub struct RedLockConfig {
     pub master_timeout: Duration,
     /// Clock drift allowance as a fraction of the lease (default 0.01).
     pub drift_factor: f64,
-    /// Upper bound of the random pause between attempts (default 100 ms).
+    /// Upper bound of the random pause between attempts (default 100 ms). A waiter subscribed
+    /// to a release channel retries as soon as a release is announced; the pause then only
+    /// bounds the wait when a message is lost or no master could be subscribed.
     pub retry_jitter: Duration,
 }
 
@@ -65,6 +73,9 @@ pub struct RedLock {
 struct RedLockInner {
     id: String,
     masters: Vec<ConnectionManager>,
+    /// Each master's pub/sub hub, connected when a waiter first needs it (`None`: that master
+    /// could not be reached then; it is not tried again).
+    hubs: Vec<(redis::Client, tokio::sync::OnceCell<Option<PubSubHub>>)>,
     config: RedLockConfig,
     seq: AtomicU64,
 }
@@ -91,17 +102,27 @@ impl RedLock {
                 "drift_factor must be in [0, 1)".into(),
             ));
         }
-        let masters = urls
+        let clients = urls
             .iter()
-            .map(|url| {
-                let client = redis::Client::open(url.as_ref())?;
-                ConnectionManager::new_lazy_with_config(client, manager_config(&config.lock))
+            .map(|url| redis::Client::open(url.as_ref()))
+            .collect::<redis::RedisResult<Vec<_>>>()?;
+        let masters = clients
+            .iter()
+            .map(|client| {
+                ConnectionManager::new_lazy_with_config(
+                    client.clone(),
+                    manager_config(&config.lock),
+                )
             })
             .collect::<redis::RedisResult<Vec<_>>>()?;
         Ok(RedLock {
             inner: Arc::new(RedLockInner {
                 id: uuid::Uuid::new_v4().simple().to_string(),
                 masters,
+                hubs: clients
+                    .into_iter()
+                    .map(|c| (c, tokio::sync::OnceCell::new()))
+                    .collect(),
                 config,
                 seq: AtomicU64::new(0),
             }),
@@ -160,6 +181,7 @@ impl RedLock {
         let lease_ms = lease_millis(lease)?;
         let keys = LockKeys::new(&self.inner.config.lock.key_prefix, name);
         let deadline = Instant::now() + wait;
+        let mut subscriptions: Option<Vec<Subscription>> = None;
         loop {
             let (tx, rx) = oneshot::channel();
             let inner = Arc::clone(&self.inner);
@@ -175,23 +197,77 @@ impl RedLock {
                 AttemptOutcome::Acquired(guard) => return Ok(Some(guard)),
                 AttemptOutcome::Failed { reached } => reached,
             };
+            if Instant::now() >= deadline {
+                return self.gave_up(reached);
+            }
+            let Some(subs) = subscriptions.as_ref() else {
+                // Subscribe, then try again at once: a release announced before the
+                // subscriptions were confirmed shows up as a free lock.
+                subscriptions = Some(self.inner.subscribe_all(&keys.channel).await);
+                continue;
+            };
             let jitter = {
                 let max = u64::try_from(self.inner.config.retry_jitter.as_millis()).unwrap_or(100);
                 Duration::from_millis(rand::rng().random_range(0..=max.max(1)))
             };
-            if Instant::now() + jitter >= deadline {
-                return if reached < self.quorum() {
-                    Err(LockError::NoQuorum {
-                        acquired: reached,
-                        masters: self.masters(),
-                        quorum: self.quorum(),
-                    })
-                } else {
-                    Ok(None)
-                };
+            let until = deadline.min(Instant::now() + jitter);
+            let _ = tokio::time::timeout_at(until, any_release(subs)).await;
+            if Instant::now() >= deadline {
+                return self.gave_up(reached);
             }
-            tokio::time::sleep(jitter).await;
         }
+    }
+
+    /// The answer when the wait ran out: held elsewhere, or too few masters reached.
+    fn gave_up(&self, reached: usize) -> Result<Option<RedGuard>> {
+        if reached < self.quorum() {
+            Err(LockError::NoQuorum {
+                acquired: reached,
+                masters: self.masters(),
+                quorum: self.quorum(),
+            })
+        } else {
+            Ok(None)
+        }
+    }
+}
+
+/// Resolves when any of `subs` announces a release (never, when there are none).
+async fn any_release(subs: &[Subscription]) {
+    if subs.is_empty() {
+        std::future::pending::<()>().await;
+    }
+    let waits = subs.iter().map(|s| s.notified().boxed());
+    select_all(waits).await;
+}
+
+impl RedLockInner {
+    /// Subscribe to `channel` on every master whose pub/sub connection can be had now.
+    async fn subscribe_all(&self, channel: &str) -> Vec<Subscription> {
+        let lock = &self.config.lock;
+        let mut subs = Vec::new();
+        for (client, hub) in &self.hubs {
+            let hub = hub
+                .get_or_init(|| async {
+                    let start = PubSubHub::start(
+                        client.clone(),
+                        &self.id,
+                        lock.ping_interval,
+                        lock.response_timeout,
+                    );
+                    match tokio::time::timeout(lock.connection_timeout, start).await {
+                        Ok(Ok(hub)) => Some(hub),
+                        _ => None,
+                    }
+                })
+                .await;
+            if let Some(hub) = hub
+                && let Ok(sub) = hub.subscribe(channel).await
+            {
+                subs.push(sub);
+            }
+        }
+        subs
     }
 }
 

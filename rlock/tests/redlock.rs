@@ -183,3 +183,43 @@ async fn redlock_validity_counts_the_acquisition_time_once() {
     );
     guard.release().await;
 }
+
+/// A RedLock waiter is woken by the release's message on the masters, not by its next random
+/// retry: with retries up to 10 s apart, the waiter must hold the lock well within a second
+/// of the release.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redlock_waiter_is_woken_by_the_release() {
+    let servers = masters(3);
+    let urls: Vec<String> = servers.iter().map(RedisServer::url).collect();
+    let cfg = RedLockConfig {
+        lock: config(),
+        retry_jitter: Duration::from_secs(10),
+        ..RedLockConfig::default()
+    };
+    let holder = RedLock::new(&urls, cfg.clone()).expect("redlock");
+    let waiter = RedLock::new(&urls, cfg).expect("redlock");
+    let held = holder
+        .try_acquire("woken", Duration::ZERO, LEASE)
+        .await
+        .expect("try")
+        .expect("free");
+    let waiting = tokio::spawn(async move {
+        let g = waiter
+            .try_acquire("woken", Duration::from_secs(20), LEASE)
+            .await
+            .expect("try")
+            .expect("acquired after the release");
+        let at = tokio::time::Instant::now();
+        g.release().await;
+        at
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let released = tokio::time::Instant::now();
+    held.release().await;
+    let got = waiting.await.expect("waiter");
+    assert!(
+        got - released < Duration::from_millis(1000),
+        "woken {:?} after the release",
+        got - released
+    );
+}
