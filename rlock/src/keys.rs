@@ -8,7 +8,8 @@ pub struct LockKeys {
     pub name: String,
     /// The hash holding owner -> hold count and the acquisition's token.
     pub lock: String,
-    /// The fencing counter (never deleted, so tokens keep increasing).
+    /// The fencing counter (seeded from Redis TIME when absent, so tokens keep increasing
+    /// across data loss; kept a week after its last use).
     pub fence: String,
     /// The pub/sub channel on which releases are announced.
     pub channel: String,

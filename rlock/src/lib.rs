@@ -7,7 +7,10 @@
 //! - **Pub/sub wake-up**: waiters sleep until the release script publishes, sharing one
 //!   subscription per lock name per process, and never longer than the holder's TTL.
 //! - **Fencing tokens**: a counter beside the lock (same hash slot), incremented on each new
-//!   acquisition, not on re-entry; [`LockGuard::token`] is strictly increasing across clients.
+//!   acquisition, not on re-entry, and seeded from Redis TIME (µs) when absent;
+//!   [`LockGuard::token`] is strictly increasing across clients, also after Redis lost its data.
+//! - [`FairLock`]: FIFO across processes with direct hand-off and bounded local passes.
+//! - Redis Cluster: [`LockClient::connect`] takes `redis+cluster://…`; sharded pub/sub.
 //! - **Safe under cancellation and timeouts**: a dropped acquire leaves nothing held; a lost
 //!   reply is treated as "unknown outcome" and compensated.
 //! - [`MultiLock`] (all or nothing, canonical order) and [`RedLock`] (quorum of masters).

@@ -41,6 +41,8 @@ pub(crate) struct Publishing {
     pub(crate) fair_release: Script,
     /// The fair lock's leave-the-queue-and-hand-on (`lua/fair/leave.lua`).
     pub(crate) fair_leave: Script,
+    /// The fair lock's re-seeding of a fencing counter found absent (`lua/fair/seed.lua`).
+    pub(crate) fair_seed: Script,
 }
 
 impl Publishing {
@@ -69,6 +71,7 @@ impl Publishing {
                 "{COMMON}{}",
                 include_str!("../lua/fair/leave.lua")
             )),
+            fair_seed: edition(&format!("{COMMON}{}", include_str!("../lua/fair/seed.lua"))),
         }
     }
 }

@@ -53,9 +53,13 @@ async fn redis_restarted_under_a_held_lock_gives_the_lost_signal_and_the_lock_ca
             other => panic!("could not re-acquire after restart: {other:?}"),
         }
     };
-    // The counter restarted empty: tokens start over. This is why the stock-service re-seeds
-    // it above the database's last fence (see docs/locking.md).
-    assert!(again.token() <= first);
+    // The counter restarted empty, and is seeded again from Redis TIME: tokens keep rising
+    // without any re-seeding by the caller (review defect 7; before, they started over at 1).
+    assert!(
+        again.token() > first,
+        "token {} after the restart, {first} before",
+        again.token()
+    );
     assert!(matches!(
         guard.release().await,
         Err(LockError::NotHeld { .. })
@@ -316,4 +320,80 @@ async fn without_rebuilding_or_pinging_a_silent_failover_is_not_survived() {
         ..failover_config()
     };
     assert!(survive_a_silent_failover(no_ping).await.is_err());
+}
+
+/// Review defect 7 for the fair lock, both paths: a FLUSHALL loses every counter, and the next
+/// tokens (the fast path's transaction, and a grant by the release script) are still above
+/// every token issued before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fair_tokens_keep_rising_after_redis_lost_its_counters() {
+    let server = RedisServer::start().expect("redis-server");
+    let cfg = config();
+    let a = connect(&server, cfg.clone()).await;
+    let b = connect(&server, cfg).await;
+    let lock = a.fair_lock("flushed").expect("lock");
+    let before = lock.acquire().await.expect("acquire");
+    let first = before.token();
+    before.release().await.expect("release");
+    let _: () = redis::cmd("FLUSHALL")
+        .query_async(&mut raw(&server.url()).await)
+        .await
+        .expect("flushall");
+    let fast = lock.acquire().await.expect("acquire after the flush");
+    assert!(
+        fast.token() > first,
+        "fast path: {} after {first}",
+        fast.token()
+    );
+    let waiter = b.fair_lock("flushed").expect("lock");
+    let waiting = tokio::spawn(async move { waiter.acquire().await.map(|g| g.token()) });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let fast_token = fast.token();
+    let _: () = redis::cmd("FLUSHALL")
+        .query_async(&mut raw(&server.url()).await)
+        .await
+        .expect("flushall");
+    // The lock itself was flushed too: the waiter's refresh takes it with a fresh counter.
+    drop(fast);
+    let granted = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("the waiter gets the lock")
+        .expect("task")
+        .expect("acquire");
+    assert!(
+        granted > fast_token,
+        "after the second flush: {granted} after {fast_token}"
+    );
+}
+
+/// Review defect 11: fencing counters are no longer kept forever; each acquisition keeps its
+/// counter for a week (and a counter that expired is seeded from TIME again, see above).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fencing_counters_expire_after_a_week_unused() {
+    let server = RedisServer::start().expect("redis-server");
+    let c = connect(&server, config()).await;
+    let mut conn = raw(&server.url()).await;
+    let lock = c.lock("kept").expect("lock");
+    lock.acquire()
+        .await
+        .expect("acquire")
+        .release()
+        .await
+        .expect("release");
+    let fair = c.fair_lock("kept-fair").expect("lock");
+    fair.acquire()
+        .await
+        .expect("acquire")
+        .release()
+        .await
+        .expect("release");
+    for key in [&lock.keys().fence, &fair.keys().fence] {
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .expect("pttl");
+        let week = 7 * 24 * 3600 * 1000;
+        assert!(ttl > week - 60_000 && ttl <= week, "{key}: pttl {ttl}");
+    }
 }

@@ -380,3 +380,45 @@ async fn the_same_handle_reenters_locally_and_keeps_its_token() {
         .expect("try");
     assert!(g.is_some());
 }
+
+/// A grant travels as a message naming the client and its token: the waiter must take it from
+/// the message (well before its refresh, 10 s here) and the token must be exact, digit for
+/// digit, even with counters seeded from Redis TIME (16 digits, beyond Lua's 14-digit number
+/// formatting).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_grant_reaches_the_waiter_by_message_with_its_exact_token() {
+    let cfg = LockConfig {
+        fair_waiter_timeout: Duration::from_secs(30),
+        ..fair_config(0)
+    };
+    let cs = clients(&cfg, 2).await;
+    let a = cs[0].fair_lock("exact").expect("lock");
+    let held = a.acquire().await.expect("acquire");
+    let waiter = cs[1].fair_lock("exact").expect("lock");
+    let queue = waiter.keys().queue.clone();
+    let waiting = tokio::spawn(async move {
+        let g = waiter.acquire().await.expect("acquire");
+        (Instant::now(), g)
+    });
+    queued(&queue, 1).await;
+    let released = Instant::now();
+    held.release().await.expect("release");
+    let (at, guard) = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("granted")
+        .expect("task");
+    assert!(
+        at - released < Duration::from_secs(1),
+        "the grant message was not used: {:?}",
+        at - released
+    );
+    let mut conn = raw(&testkit::redis_url()).await;
+    let counter: u64 = conn.get(&a.keys().fence).await.expect("fence");
+    // Strict FIFO: blocks of one token, so the counter is the grant's token.
+    assert_eq!(guard.token(), counter, "the granted token must be exact");
+    assert!(
+        counter > 1_000_000_000_000_000,
+        "seeded from TIME in µs: {counter}"
+    );
+    guard.release().await.expect("release");
+}

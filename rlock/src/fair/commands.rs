@@ -9,6 +9,10 @@ use crate::scripts;
 
 use super::keys::FairKeys;
 
+/// How long a fencing counter is kept after its last use (a week, as in the scripts): one
+/// that expired is re-seeded from Redis TIME, which is past every token it issued.
+const FENCE_KEEP_MS: u64 = 604_800_000;
+
 /// What the take-or-queue script answered.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Taken {
@@ -94,19 +98,39 @@ impl FairCommands {
             .arg(&self.fast_value)
             .arg("NX")
             .arg("PX")
-            .arg(self.lease_ms);
+            .arg(self.lease_ms)
+            .cmd("PEXPIRE")
+            .arg(&self.keys.fence)
+            .arg(FENCE_KEEP_MS);
         let sent = Instant::now();
-        let (last, set): (u64, Option<String>) = pipe
+        let (last, set, _): (u64, Option<String>, i64) = pipe
             .query_async(conn)
             .await
             .map_err(|e| LockError::from_redis("fair fast acquire", e))?;
         match set {
+            // The counter was absent (first use, data lost, expired): INCRBY started it at
+            // zero. Re-seed it from Redis TIME while this client holds the lock.
+            Some(_) if last == self.step => Ok(Taken::Yes {
+                token: self.seed(conn).await?,
+                sent,
+            }),
             Some(_) => Ok(Taken::Yes {
                 token: last + 1 - self.step,
                 sent,
             }),
             None => Ok(Taken::No),
         }
+    }
+
+    /// Re-seed the fencing counter from Redis TIME; the first token of this client's block.
+    async fn seed(&self, conn: &mut crate::RedisConnection) -> Result<u64, LockError> {
+        let mut inv = self.invocation(&self.scripts.fair_seed);
+        inv.arg(self.step);
+        let base: i64 = inv
+            .invoke_async(conn)
+            .await
+            .map_err(|e| LockError::from_redis("fair seed", e))?;
+        token(base, "fair seed")
     }
 
     /// Take the lock if it is free and nobody queues; else queue (when `queue`) or refresh
