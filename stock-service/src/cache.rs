@@ -36,7 +36,7 @@ static MARK_SOLD_OUT: LazyLock<redis::Script> = LazyLock::new(|| {
         r"
 if (redis.call('get', KEYS[1]) or '0') ~= ARGV[1] then return 0 end
 redis.call('set', KEYS[2], ARGV[1])
-redis.call('publish', KEYS[3], 'soldout ' .. ARGV[2])
+redis.call('publish', ARGV[3], 'soldout ' .. ARGV[2])
 return 1",
     )
 });
@@ -71,19 +71,21 @@ impl Drop for AbortOnDrop {
 
 impl StockCache {
     /// Connect the event listener (sold-out / restock broadcasts) and return the cache.
+    /// `nodes` are the servers the listener may subscribe on: the one Redis, or the nodes of
+    /// a cluster (a plain `PUBLISH` on a cluster reaches subscribers on every node, so one
+    /// node is enough; the listener moves to the next when its node goes away).
     pub async fn start(
-        client: redis::Client,
+        nodes: Vec<redis::Client>,
         conn: RedisConnection,
         prefix: &str,
         sold_out_ttl: Duration,
     ) -> redis::RedisResult<Self> {
         let local: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
         let channel = format!("{prefix}:{EVENTS}");
-        let mut pubsub = client.get_async_pubsub().await?;
-        pubsub.subscribe(&channel).await?;
+        let pubsub = subscribe_any(&nodes, &channel).await?;
         let seen = Seen::default();
         let listener = tokio::spawn(listen(
-            client,
+            nodes,
             channel,
             pubsub,
             Arc::clone(&local),
@@ -150,9 +152,11 @@ impl StockCache {
         let marked: i64 = MARK_SOLD_OUT
             .key(k.epoch)
             .key(k.sold_out)
-            .key(format!("{}:{EVENTS}", self.prefix))
             .arg(epoch)
             .arg(sku)
+            // The broadcast channel is an argument, not a key: on a Redis Cluster a script's
+            // keys must share one slot (the item's), and a plain PUBLISH reaches every node.
+            .arg(format!("{}:{EVENTS}", self.prefix))
             .invoke_async(&mut conn)
             .await?;
         Ok(marked == 1)
@@ -168,12 +172,17 @@ impl StockCache {
             .ignore()
             .del(&k.sold_out)
             .ignore()
+            .query_async(&mut conn)
+            .await?;
+        // Announced after the transaction, not inside it: on a Redis Cluster a transaction is
+        // routed by its keys (the item's slot) and a PUBLISH has none. The order still holds:
+        // a sold-out mark after the new epoch no longer matches it and announces nothing, and
+        // one before it was announced before this.
+        let _: () = conn
             .publish(
                 format!("{}:{EVENTS}", self.prefix),
                 format!("restock {sku}"),
             )
-            .ignore()
-            .query_async(&mut conn)
             .await?;
         self.local().remove(sku);
         self.seen().remove(sku);
@@ -250,8 +259,28 @@ impl StockCache {
 
 /// Apply sold-out / restock broadcasts to the local flags; resubscribe after a disconnect and
 /// drop every local flag then (a restock may have been missed).
+/// A pub/sub connection subscribed to `channel` on the first of `nodes` that takes it.
+async fn subscribe_any(
+    nodes: &[redis::Client],
+    channel: &str,
+) -> redis::RedisResult<redis::aio::PubSub> {
+    let mut last = None;
+    for node in nodes {
+        match node.get_async_pubsub().await {
+            Ok(mut p) => match p.subscribe(channel).await {
+                Ok(()) => return Ok(p),
+                Err(err) => last = Some(err),
+            },
+            Err(err) => last = Some(err),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        redis::RedisError::from(std::io::Error::other("no Redis node to subscribe on"))
+    }))
+}
+
 async fn listen(
-    client: redis::Client,
+    nodes: Vec<redis::Client>,
     channel: String,
     mut pubsub: redis::aio::PubSub,
     local: Arc<Mutex<HashMap<String, Instant>>>,
@@ -285,9 +314,7 @@ async fn listen(
         pubsub = loop {
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(2));
-            if let Ok(mut p) = client.get_async_pubsub().await
-                && p.subscribe(&channel).await.is_ok()
-            {
+            if let Ok(p) = subscribe_any(&nodes, &channel).await {
                 break p;
             }
         };

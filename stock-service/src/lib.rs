@@ -67,7 +67,7 @@ pub async fn connect(config: StockConfig) -> anyhow::Result<Stock> {
         )
     };
     let cache = cache::StockCache::start(
-        redis::Client::open(config.redis_url.as_str())?,
+        redis_nodes(&config.redis_url)?,
         locks.connection(),
         &config.key_prefix,
         config.sold_out_ttl,
@@ -107,4 +107,16 @@ pub fn app(stock: Stock) -> Router {
     let body_limit = stock.config.service.body_limit_bytes;
     let router = api::routes(stock).merge(health::router(SERVICE_NAME, SERVICE_VERSION));
     layers::with_common_layers(service_kit::metrics::with_http_metrics(router), body_limit)
+}
+
+/// The servers behind `REDIS_URL`: the one Redis, or the seed nodes of a cluster
+/// (`redis+cluster://h1:p1,h2:p2/` or comma-separated `redis://` URLs).
+fn redis_nodes(url: &str) -> redis::RedisResult<Vec<redis::Client>> {
+    match rlock::RedisTarget::parse(url) {
+        rlock::RedisTarget::Single(url) => Ok(vec![redis::Client::open(url)?]),
+        rlock::RedisTarget::Cluster(nodes) => nodes
+            .iter()
+            .map(|n| redis::Client::open(n.as_str()))
+            .collect(),
+    }
 }

@@ -89,6 +89,35 @@ async fn redlock_never_oversells() {
     sell_out("redlock", None, &[("REDLOCK_URLS", &urls)]).await;
 }
 
+/// The same sale on a real 3-master Redis Cluster (`REDIS_URL` in the `redis+cluster://`
+/// form): the segment locks hash to different slots and masters, the item's cache keys share
+/// the item's slot, and the sold-out broadcast reaches both instances.
+async fn sell_out_on_a_cluster(strategy: &str) {
+    let cluster = testkit::RedisCluster::start(3).expect("a 3-master Redis Cluster");
+    let hosts: Vec<String> = cluster
+        .ports()
+        .iter()
+        .map(|p| format!("127.0.0.1:{p}"))
+        .collect();
+    let url = format!("redis+cluster://{}/", hosts.join(","));
+    sell_out(strategy, Some(&url), &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn segmented_never_oversells_on_a_redis_cluster() {
+    sell_out_on_a_cluster("segmented").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_atomic_never_oversells_on_a_redis_cluster() {
+    sell_out_on_a_cluster("redis-atomic").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_lock_never_oversells_on_a_redis_cluster() {
+    sell_out_on_a_cluster("redis-lock").await;
+}
+
 /// Negative control: no lock, same load, same window: the books do not balance.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn naive_oversells_and_the_audit_says_so() {
