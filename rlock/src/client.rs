@@ -160,6 +160,12 @@ impl LockClient {
         self.inner.conn.clone()
     }
 
+    /// How many times the pub/sub connection was lost (or stopped answering pings) and was
+    /// made again.
+    pub fn pubsub_reconnects(&self) -> u64 {
+        self.inner.pubsub.reconnects()
+    }
+
     /// Whether this client talks to a Redis Cluster.
     pub fn is_cluster(&self) -> bool {
         self.inner.conn.is_cluster()

@@ -37,6 +37,8 @@ struct HubShared {
     /// so the map and the server's subscriptions change in the same order.
     channels: Mutex<HashMap<String, ChannelEntry>>,
     transport: Transport,
+    /// Times the connection was lost and made again (for tests and logs).
+    reconnects: AtomicU64,
 }
 
 impl std::fmt::Debug for HubShared {
@@ -158,6 +160,7 @@ impl PubSubHub {
             grant_prefix: format!("{client_id}:"),
             response_timeout,
             channels: Mutex::new(HashMap::new()),
+            reconnects: AtomicU64::new(0),
             transport: Transport::Single {
                 client: Box::new(client),
                 sink: tokio::sync::Mutex::new(Some(sink)),
@@ -180,6 +183,7 @@ impl PubSubHub {
             grant_prefix: format!("{client_id}:"),
             response_timeout,
             channels: Mutex::new(HashMap::new()),
+            reconnects: AtomicU64::new(0),
             transport: Transport::Sharded {
                 conn,
                 order: tokio::sync::Mutex::new(()),
@@ -187,6 +191,11 @@ impl PubSubHub {
         });
         let reader = tokio::spawn(read_pushes(Arc::clone(&shared), pushes)).abort_handle();
         PubSubHub { shared, reader }
+    }
+
+    /// How many times the pub/sub connection was lost and made again.
+    pub(crate) fn reconnects(&self) -> u64 {
+        self.shared.reconnects.load(Ordering::Relaxed)
     }
 
     /// Subscribe this waiter to `channel`. The first local waiter sends SUBSCRIBE and waits
@@ -309,7 +318,8 @@ fn dispatch(shared: &HubShared, channel: &str, payload: &[u8]) {
 /// cap), reconnect with backoff and resubscribe every channel that still has waiters.
 async fn read_loop(shared: Arc<HubShared>, mut stream: PubSubStream, ping_interval: Duration) {
     loop {
-        let mut ticker = tokio::time::interval(ping_interval);
+        let mut ticker =
+            tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -326,6 +336,7 @@ async fn read_loop(shared: Arc<HubShared>, mut stream: PubSubStream, ping_interv
             }
         }
         tracing::warn!("pub/sub connection lost; reconnecting");
+        shared.reconnects.fetch_add(1, Ordering::Relaxed);
         let Transport::Single { client, sink } = &shared.transport else {
             return;
         };
@@ -369,7 +380,8 @@ async fn answers_ping(shared: &HubShared) -> bool {
         return false;
     };
     match guard.as_mut() {
-        Some(s) => bounded(bound, s.ping::<String>()).await.is_ok(),
+        // Any reply will do: subscribed, Redis answers a PING with ["pong", ""], not "PONG".
+        Some(s) => bounded(bound, s.ping::<redis::Value>()).await.is_ok(),
         None => false,
     }
 }

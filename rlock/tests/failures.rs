@@ -397,3 +397,35 @@ async fn fencing_counters_expire_after_a_week_unused() {
         assert!(ttl > week - 60_000 && ttl <= week, "{key}: pttl {ttl}");
     }
 }
+
+/// The ping that finds a dead pub/sub connection must not take a live one for dead: while
+/// subscribed, Redis answers a PING with `["pong", ""]`, which once failed a string parse and
+/// made the client reconnect at every ping (~50 ms stalls of every waiter).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pings_leave_a_healthy_subscribed_connection_alone() {
+    let server = RedisServer::start().expect("redis-server");
+    let cfg = LockConfig {
+        ping_interval: Duration::from_millis(50),
+        ..config()
+    };
+    let holder = connect(&server, cfg.clone()).await;
+    let c = connect(&server, cfg).await;
+    let held = holder
+        .lock("ping")
+        .expect("lock")
+        .acquire()
+        .await
+        .expect("acquire");
+    let lock = c.lock("ping").expect("lock");
+    // Waiting: subscribed to the lock's channel while the pings go on.
+    let waited = lock
+        .try_acquire(Duration::from_millis(600), Lease::Watchdog)
+        .await;
+    assert!(matches!(waited, Ok(None)));
+    assert_eq!(
+        c.pubsub_reconnects(),
+        0,
+        "a live connection was dropped by its pings"
+    );
+    held.release().await.expect("release");
+}
