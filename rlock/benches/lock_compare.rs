@@ -16,6 +16,8 @@
 //!   all)
 //! - `BENCH_SCENARIOS` comma-separated subset of `uncontended,contended,handoff` (default all)
 //! - `BENCH_REF_REQUESTS` requests of the redis-benchmark reference (default 100000)
+//! - `BENCH_PROCESSES` OS processes sharing the tasks of the uncontended and contended
+//!   scenarios (default 1; see `lock_compare/processes.rs`)
 //!
 //! This is a plain `harness = false` binary, not a criterion bench: criterion times many
 //! repetitions of one closure and fits statistics to the per-iteration time, while what is
@@ -108,8 +110,13 @@ fn fair_passes() -> u32 {
         .unwrap_or(LockConfig::default().fair_local_handoffs)
 }
 
+#[path = "lock_compare/processes.rs"]
+mod processes;
+
 struct Settings {
     url: String,
+    /// OS processes the throughput scenarios are split over.
+    processes: usize,
     secs: Duration,
     tasks: usize,
     per_client: usize,
@@ -159,6 +166,7 @@ impl Settings {
         };
         let settings = Settings {
             url: var("REDIS_URL", "redis://127.0.0.1:6379/".to_owned())?,
+            processes: var("BENCH_PROCESSES", 1)?,
             secs: Duration::from_secs_f64(var("BENCH_SECS", 5.0)?),
             tasks: var("BENCH_TASKS", 16)?,
             per_client: var("BENCH_TASKS_PER_CLIENT", 4)?,
@@ -166,10 +174,15 @@ impl Settings {
             kinds,
             scenarios,
             ref_requests: var("BENCH_REF_REQUESTS", 100_000)?,
-            prefix: format!("bench{}", uuid::Uuid::new_v4().simple()),
+            // A child process works under its parent's prefix.
+            prefix: std::env::var("BENCH_PREFIX")
+                .unwrap_or_else(|_| format!("bench{}", uuid::Uuid::new_v4().simple())),
         };
         if settings.tasks == 0 || settings.per_client == 0 || settings.rounds == 0 {
             bail!("BENCH_TASKS, BENCH_TASKS_PER_CLIENT and BENCH_ROUNDS must be at least 1");
+        }
+        if settings.processes == 0 || settings.tasks % settings.processes != 0 {
+            bail!("BENCH_PROCESSES must be at least 1 and divide BENCH_TASKS");
         }
         Ok(settings)
     }
@@ -458,14 +471,16 @@ async fn run_workers(s: &Settings, workers: Vec<Worker>) -> Result<Throughput> {
     Throughput::join(s.slice(), joins).await
 }
 
-/// `tasks` tasks, each on its own lock, loop acquire + release.
-async fn uncontended(kind: Kind, s: &Settings) -> Result<Throughput> {
+/// `tasks` tasks, each on its own lock, loop acquire + release. Task ids (and so lock names)
+/// start at `first` (another process runs the others).
+async fn uncontended(kind: Kind, s: &Settings, first: usize) -> Result<Throughput> {
     let inst = instances(kind, s, s.clients()).await?;
     let workers = (0..s.tasks)
         .map(|i| {
+            let id = first + i;
             Ok(Worker {
-                id: i,
-                handle: inst[i / s.per_client].handle(&format!("{}:unc:{i}", kind.tag()))?,
+                id,
+                handle: inst[i / s.per_client].handle(&format!("{}:unc:{id}", kind.tag()))?,
                 counter: None,
                 last_holder: Arc::new(AtomicUsize::new(usize::MAX)),
             })
@@ -475,8 +490,9 @@ async fn uncontended(kind: Kind, s: &Settings) -> Result<Throughput> {
 }
 
 /// `tasks` tasks on one lock, each cycle a GET + SET increment of a counter under the lock;
-/// the counter must equal the number of cycles at the end.
-async fn contended(kind: Kind, s: &Settings, round: usize) -> Result<Throughput> {
+/// the counter must equal the number of cycles at the end (checked by the parent when several
+/// processes share the counter). Task ids start at `first`.
+async fn contended(kind: Kind, s: &Settings, round: usize, first: usize) -> Result<Throughput> {
     let inst = instances(kind, s, s.clients()).await?;
     let name = format!("{}:cont", kind.tag());
     let counter = format!("{}:{}:counter:{round}", s.prefix, kind.tag());
@@ -485,7 +501,7 @@ async fn contended(kind: Kind, s: &Settings, round: usize) -> Result<Throughput>
         .map(|i| {
             let instance = &inst[i / s.per_client];
             Ok(Worker {
-                id: i,
+                id: first + i,
                 handle: instance.handle(&name)?,
                 counter: Some((instance.data.clone(), counter.clone())),
                 last_holder: Arc::clone(&last_holder),
@@ -717,14 +733,15 @@ fn print_report(s: &Settings, machine: &str, reference: &[Option<f64>], rows: &[
     println!("machine: {machine}");
     println!(
         "setup: {} s per scenario and implementation in {} interleaved rounds of {:.2} s; \
-         {} tasks on {} clients ({} tasks per client); handoff: 2 tasks on 2 clients, \
-         holder keeps the lock {}-{} ms",
+         {} tasks on {} clients ({} tasks per client) in {} process(es); handoff: 2 tasks on 2 \
+         clients in one process, holder keeps the lock {}-{} ms",
         s.secs.as_secs_f64(),
         s.rounds,
         s.slice().as_secs_f64(),
         s.tasks,
         s.clients(),
         s.per_client,
+        s.processes,
         HANDOFF_HOLD_MS.start(),
         HANDOFF_HOLD_MS.end()
     );
@@ -861,6 +878,9 @@ fn print_aims(fair: &Option<&Row>, rslock: &Option<&Row>) {
 
 #[tokio::main]
 async fn main() -> Result<()> {
+    if let Ok(spec) = std::env::var(processes::CHILD_ENV) {
+        return processes::child(&spec).await;
+    }
     let s = Settings::from_env()?;
     let mut conn = redis::Client::open(s.url.as_str())?
         .get_multiplexed_async_connection()
@@ -893,7 +913,11 @@ async fn run(s: &Settings, conn: &mut MultiplexedConnection) -> Result<()> {
             line += "; uncontended";
         }
         for (kind, row) in rows.iter_mut().filter(|_| s.runs("uncontended")) {
-            let t = uncontended(*kind, s).await?;
+            let t = if s.processes > 1 {
+                processes::slice(*kind, "uncontended", round, s).await?
+            } else {
+                uncontended(*kind, s, 0).await?
+            };
             line += &format!(" {} {}/s", kind.tag(), thousands(t.per_sec()));
             row.uncontended.add(t);
         }
@@ -901,7 +925,11 @@ async fn run(s: &Settings, conn: &mut MultiplexedConnection) -> Result<()> {
             line += "; contended";
         }
         for (kind, row) in rows.iter_mut().filter(|_| s.runs("contended")) {
-            let t = contended(*kind, s, round).await?;
+            let t = if s.processes > 1 {
+                processes::slice(*kind, "contended", round, s).await?
+            } else {
+                contended(*kind, s, round, 0).await?
+            };
             line += &format!(" {} {}/s", kind.tag(), thousands(t.per_sec()));
             if t.counter_ok != Some(true) {
                 line += " MISMATCH";
