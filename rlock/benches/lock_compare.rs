@@ -181,7 +181,7 @@ impl Settings {
         if settings.tasks == 0 || settings.per_client == 0 || settings.rounds == 0 {
             bail!("BENCH_TASKS, BENCH_TASKS_PER_CLIENT and BENCH_ROUNDS must be at least 1");
         }
-        if settings.processes == 0 || settings.tasks % settings.processes != 0 {
+        if settings.processes == 0 || !settings.tasks.is_multiple_of(settings.processes) {
             bail!("BENCH_PROCESSES must be at least 1 and divide BENCH_TASKS");
         }
         Ok(settings)
