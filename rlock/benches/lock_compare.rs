@@ -876,6 +876,47 @@ fn print_aims(fair: &Option<&Row>, rslock: &Option<&Row>) {
     );
 }
 
+/// One round: a slice of every scenario for every implementation; the progress line.
+async fn run_round(s: &Settings, round: usize, rows: &mut [(Kind, Row)]) -> Result<String> {
+    let mut line = format!("round {}/{}", round + 1, s.rounds);
+    if s.runs("uncontended") {
+        line += "; uncontended";
+    }
+    for (kind, row) in rows.iter_mut().filter(|_| s.runs("uncontended")) {
+        let t = if s.processes > 1 {
+            processes::slice(*kind, "uncontended", round, s).await?
+        } else {
+            uncontended(*kind, s, 0).await?
+        };
+        line += &format!(" {} {}/s", kind.tag(), thousands(t.per_sec()));
+        row.uncontended.add(t);
+    }
+    if s.runs("contended") {
+        line += "; contended";
+    }
+    for (kind, row) in rows.iter_mut().filter(|_| s.runs("contended")) {
+        let t = if s.processes > 1 {
+            processes::slice(*kind, "contended", round, s).await?
+        } else {
+            contended(*kind, s, round, 0).await?
+        };
+        line += &format!(" {} {}/s", kind.tag(), thousands(t.per_sec()));
+        if t.counter_ok != Some(true) {
+            line += " MISMATCH";
+        }
+        row.contended.add(t);
+    }
+    if s.runs("handoff") {
+        line += "; handoff p50";
+    }
+    for (kind, row) in rows.iter_mut().filter(|_| s.runs("handoff")) {
+        let l = handoff(*kind, s).await?;
+        line += &format!(" {} {}", kind.tag(), ms(l.percentile(50.0)));
+        row.handoff.samples.extend(l.samples);
+    }
+    Ok(line)
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     if let Ok(spec) = std::env::var(processes::CHILD_ENV) {
@@ -908,42 +949,7 @@ async fn run(s: &Settings, conn: &mut MultiplexedConnection) -> Result<()> {
     // Interleave: every implementation gets a slice of every scenario in every round, so
     // drifting background load (a shared host, other builds) hits all of them alike.
     for round in 0..s.rounds {
-        let mut line = format!("round {}/{}", round + 1, s.rounds);
-        if s.runs("uncontended") {
-            line += "; uncontended";
-        }
-        for (kind, row) in rows.iter_mut().filter(|_| s.runs("uncontended")) {
-            let t = if s.processes > 1 {
-                processes::slice(*kind, "uncontended", round, s).await?
-            } else {
-                uncontended(*kind, s, 0).await?
-            };
-            line += &format!(" {} {}/s", kind.tag(), thousands(t.per_sec()));
-            row.uncontended.add(t);
-        }
-        if s.runs("contended") {
-            line += "; contended";
-        }
-        for (kind, row) in rows.iter_mut().filter(|_| s.runs("contended")) {
-            let t = if s.processes > 1 {
-                processes::slice(*kind, "contended", round, s).await?
-            } else {
-                contended(*kind, s, round, 0).await?
-            };
-            line += &format!(" {} {}/s", kind.tag(), thousands(t.per_sec()));
-            if t.counter_ok != Some(true) {
-                line += " MISMATCH";
-            }
-            row.contended.add(t);
-        }
-        if s.runs("handoff") {
-            line += "; handoff p50";
-        }
-        for (kind, row) in rows.iter_mut().filter(|_| s.runs("handoff")) {
-            let l = handoff(*kind, s).await?;
-            line += &format!(" {} {}", kind.tag(), ms(l.percentile(50.0)));
-            row.handoff.samples.extend(l.samples);
-        }
+        let line = run_round(s, round, &mut rows).await?;
         println!("{line}");
     }
     for (_, row) in &mut rows {

@@ -179,15 +179,10 @@ impl RLock {
                 // Subscribe, then try again at once: a release published after the
                 // subscription is confirmed wakes us, one published before it we see as a
                 // free lock on the next attempt.
-                let subscribe = client.pubsub.subscribe(&self.shared.keys.channel);
-                let sub = match deadline {
-                    Some(d) => match tokio::time::timeout_at(d, subscribe).await {
-                        Ok(sub) => sub?,
-                        Err(_) => return timed_out(),
-                    },
-                    None => subscribe.await?,
-                };
-                subscription = Some(sub);
+                match self.subscribe_within(deadline).await? {
+                    Some(sub) => subscription = Some(sub),
+                    None => return timed_out(),
+                }
                 continue;
             };
             // Wait for a release message, but never longer than the holder's lease: if the
@@ -196,6 +191,22 @@ impl RLock {
             let until = deadline.map_or(now + ttl, |d| d.min(now + ttl));
             let _ = tokio::time::timeout_at(until, sub.notified()).await;
         }
+    }
+
+    /// Subscribe to the lock's channel, unless `deadline` passes first (`None`).
+    async fn subscribe_within(&self, deadline: Option<Instant>) -> Result<Option<Subscription>> {
+        let subscribe = self
+            .shared
+            .client
+            .pubsub
+            .subscribe(&self.shared.keys.channel);
+        Ok(match deadline {
+            Some(d) => match tokio::time::timeout_at(d, subscribe).await {
+                Ok(sub) => Some(sub?),
+                Err(_) => None,
+            },
+            None => Some(subscribe.await?),
+        })
     }
 
     /// [`RLock::attempt`], bounded by `deadline`: a stalled Redis must not hold a
