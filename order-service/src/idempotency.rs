@@ -8,11 +8,16 @@
 //! and sent, and a marker key says the records were rebuilt from the database after Redis was
 //! last empty. Without the marker (a restart, a flush) both fast paths are off until an
 //! instance has copied the live responses back.
+//!
+//! Records are spread over [`BUCKETS`] buckets by key, and each bucket has its own marker in
+//! the same hash slot as its records: on a Redis Cluster a master that loses its data loses a
+//! bucket's records and its marker together, so no lookup trusts an incomplete bucket.
 
 use std::time::Duration;
 
+use futures_util::future::join_all;
 use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
+use rlock::RedisConnection;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::{PgPool, Row};
@@ -79,10 +84,23 @@ pub enum FastPath {
     Miss,
 }
 
+/// Buckets of replay records, each with its own hash tag and completeness marker.
+pub const BUCKETS: u32 = 64;
+
+/// The bucket of a (user, key): FNV-1a, so every instance and build agrees.
+pub fn bucket(user: &str, key: &str) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in user.bytes().chain([0]).chain(key.bytes()) {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h % BUCKETS
+}
+
 /// Replay records in Redis.
 #[derive(Debug, Clone)]
 pub struct ReplayCache {
-    conn: ConnectionManager,
+    conn: RedisConnection,
     ttl: Duration,
     stock_prefix: String,
     /// `<ORDER_KEY_PREFIX>:idem`: shops sharing one Redis keep their records (and their
@@ -100,7 +118,7 @@ const IN_FLIGHT: &str = "in-flight";
 impl ReplayCache {
     /// Records live `ttl` (the idempotency key lifetime) under `prefix` (`ORDER_KEY_PREFIX`);
     /// sold-out flags are read from the stock-service's keys under `stock_prefix`.
-    pub fn new(conn: ConnectionManager, ttl: Duration, stock_prefix: &str, prefix: &str) -> Self {
+    pub fn new(conn: RedisConnection, ttl: Duration, stock_prefix: &str, prefix: &str) -> Self {
         ReplayCache {
             conn,
             ttl,
@@ -110,12 +128,13 @@ impl ReplayCache {
     }
 
     fn record_key(&self, user: &str, key: &str) -> String {
-        format!("{}:{}:{user}:{key}", self.idem, user.len())
+        let b = bucket(user, key);
+        format!("{}:{{b{b}}}:{}:{user}:{key}", self.idem, user.len())
     }
 
-    /// The marker saying the records are complete.
-    fn complete(&self) -> String {
-        format!("{}:complete", self.idem)
+    /// The marker saying bucket `b`'s records are complete (in the bucket's slot).
+    fn complete(&self, b: u32) -> String {
+        format!("{}:{{b{b}}}:complete", self.idem)
     }
 
     /// The marker of a rebuild in progress (one instance at a time).
@@ -123,19 +142,19 @@ impl ReplayCache {
         format!("{}:rebuilding", self.idem)
     }
 
-    /// One round trip: the key's record, the completeness marker, the item's sold-out flag.
+    /// One round trip each, at once: the key's record with its bucket's completeness marker
+    /// (one slot), and the item's sold-out flag (the item's slot).
     pub async fn lookup(&self, user: &str, key: &str, sku: &str) -> FastPath {
-        let mut conn = self.conn.clone();
+        let (mut conn, mut flag_conn) = (self.conn.clone(), self.conn.clone());
         let flag = format!("{}:{{{sku}}}:soldout", self.stock_prefix);
-        let got: redis::RedisResult<(Option<String>, Option<String>, Option<String>)> =
-            redis::pipe()
-                .get(self.record_key(user, key))
-                .get(self.complete())
-                .get(flag)
-                .query_async(&mut conn)
-                .await;
-        match got {
-            Ok((record, Some(_complete), sold_out)) => match record {
+        let mut pipe = redis::pipe();
+        pipe.get(self.record_key(user, key))
+            .get(self.complete(bucket(user, key)));
+        let record_and_marker = pipe.query_async::<(Option<String>, Option<String>)>(&mut conn);
+        let flag = flag_conn.get::<_, Option<String>>(flag);
+        let (got, sold_out) = tokio::join!(record_and_marker, flag);
+        match (got, sold_out) {
+            (Ok((record, Some(_complete))), Ok(sold_out)) => match record {
                 Some(r) if r == IN_FLIGHT => FastPath::Miss,
                 Some(r) => {
                     serde_json::from_str::<Record>(&r).map_or(FastPath::Miss, FastPath::Replay)
@@ -175,11 +194,26 @@ impl ReplayCache {
             .await
     }
 
-    /// Make the records complete if Redis lost them: copy every live final response from the
-    /// database, then set the marker. One instance at a time; cheap when the marker is there.
+    /// Whether every bucket's marker is there (each in its own slot: asked at once).
+    async fn all_complete(&self) -> redis::RedisResult<bool> {
+        let checks = (0..BUCKETS).map(|b| {
+            let mut conn = self.conn.clone();
+            let marker = self.complete(b);
+            async move { conn.exists::<_, bool>(marker).await }
+        });
+        let mut all = true;
+        for present in join_all(checks).await {
+            all &= present?;
+        }
+        Ok(all)
+    }
+
+    /// Make the records complete if Redis lost any of them: copy every live final response
+    /// from the database, then set every bucket's marker. One instance at a time; cheap when
+    /// the markers are there.
     pub async fn ensure_complete(&self, pool: &PgPool) -> anyhow::Result<bool> {
         let mut conn = self.conn.clone();
-        if conn.exists::<_, bool>(self.complete()).await? {
+        if self.all_complete().await? {
             return Ok(true);
         }
         let lock: Option<String> = redis::cmd("SET")
@@ -201,32 +235,27 @@ impl ReplayCache {
         )
         .fetch_all(pool)
         .await?;
-        for chunk in rows.chunks(500) {
-            let mut pipe = redis::pipe();
-            for r in chunk {
-                let record = Record {
-                    fingerprint: r.get(2),
-                    status: u16::try_from(r.get::<Option<i32>, _>(3).unwrap_or(500)).unwrap_or(500),
-                    body: r.get::<Option<Value>, _>(4).unwrap_or(Value::Null),
-                    location: r.get(5),
-                };
-                let ttl: i64 = r.get(6);
-                pipe.set_ex(
-                    self.record_key(r.get(0), r.get(1)),
-                    serde_json::to_string(&record)?,
-                    u64::try_from(ttl).unwrap_or(1),
-                )
-                .ignore();
-            }
-            let _: () = pipe.query_async(&mut conn).await?;
+        let mut by_bucket = Buckets::default();
+        for r in &rows {
+            let (user, key): (String, String) = (r.get(0), r.get(1));
+            let record = Record {
+                fingerprint: r.get(2),
+                status: u16::try_from(r.get::<Option<i32>, _>(3).unwrap_or(500)).unwrap_or(500),
+                body: r.get::<Option<Value>, _>(4).unwrap_or(Value::Null),
+                location: r.get(5),
+            };
+            let ttl: i64 = r.get(6);
+            by_bucket.pipe(&user, &key).set_ex(
+                self.record_key(&user, &key),
+                serde_json::to_string(&record)?,
+                u64::try_from(ttl).unwrap_or(1),
+            );
         }
-        let _: () = redis::pipe()
-            .set(self.complete(), "1")
-            .ignore()
-            .del(self.rebuilding())
-            .ignore()
-            .query_async(&mut conn)
-            .await?;
+        by_bucket.run(&mut conn).await?;
+        for b in 0..BUCKETS {
+            let _: () = conn.set(self.complete(b), "1").await?;
+        }
+        let _: () = conn.del(self.rebuilding()).await?;
         tracing::info!(records = rows.len(), "replay records rebuilt in Redis");
         Ok(true)
     }
@@ -237,7 +266,7 @@ impl ReplayCache {
     async fn mark_live_keys(
         &self,
         pool: &PgPool,
-        conn: &mut ConnectionManager,
+        conn: &mut RedisConnection,
     ) -> anyhow::Result<()> {
         let live: Vec<(String, String, i64)> = sqlx::query_as(
             "SELECT user_id, key, GREATEST(EXTRACT(EPOCH FROM expires_at - now())::bigint, 1)
@@ -245,18 +274,39 @@ impl ReplayCache {
         )
         .fetch_all(pool)
         .await?;
-        for chunk in live.chunks(500) {
-            let mut pipe = redis::pipe();
-            for (user, key, ttl) in chunk {
-                pipe.cmd("SET")
-                    .arg(self.record_key(user, key))
-                    .arg(IN_FLIGHT)
-                    .arg("NX")
-                    .arg("EX")
-                    .arg(u64::try_from(*ttl).unwrap_or(1))
-                    .ignore();
-            }
-            let _: () = pipe.query_async(conn).await?;
+        let mut by_bucket = Buckets::default();
+        for (user, key, ttl) in &live {
+            by_bucket
+                .pipe(user, key)
+                .cmd("SET")
+                .arg(self.record_key(user, key))
+                .arg(IN_FLIGHT)
+                .arg("NX")
+                .arg("EX")
+                .arg(u64::try_from(*ttl).unwrap_or(1));
+        }
+        by_bucket.run(conn).await?;
+        Ok(())
+    }
+}
+
+/// Commands grouped by bucket, so that each pipeline stays in one slot (on a cluster a
+/// pipeline goes to one node).
+#[derive(Default)]
+struct Buckets {
+    pipes: std::collections::HashMap<u32, redis::Pipeline>,
+}
+
+impl Buckets {
+    /// The pipeline of (user, key)'s bucket.
+    fn pipe(&mut self, user: &str, key: &str) -> &mut redis::Pipeline {
+        self.pipes.entry(bucket(user, key)).or_default()
+    }
+
+    /// Run every bucket's pipeline, replies ignored.
+    async fn run(mut self, conn: &mut RedisConnection) -> redis::RedisResult<()> {
+        for (_, pipe) in self.pipes.drain() {
+            let _: Vec<redis::Value> = pipe.query_async(conn).await?;
         }
         Ok(())
     }

@@ -38,19 +38,18 @@ pub async fn connect(config: OrderConfig) -> anyhow::Result<Orders> {
         &store::MIGRATOR,
     )
     .await?;
-    let redis = redis::Client::open(config.redis_url.as_str())?
-        .get_connection_manager_with_config(
-            redis::aio::ConnectionManagerConfig::new()
-                .set_response_timeout(Some(std::time::Duration::from_secs(2)))
-                .set_connection_timeout(Some(std::time::Duration::from_secs(1))),
+    let redis = rlock::RedisConnection::open(
+        &config.redis_url,
+        std::time::Duration::from_secs(2),
+        std::time::Duration::from_secs(1),
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "cannot connect to Redis at {}",
+            service_kit::config::redact_password(&config.redis_url)
         )
-        .await
-        .with_context(|| {
-            format!(
-                "cannot connect to Redis at {}",
-                service_kit::config::redact_password(&config.redis_url)
-            )
-        })?;
+    })?;
     let stock = stock_client::StockClient::new(&stock_client::StockSettings {
         urls: config.stock_urls.clone(),
         timeout: config.stock_timeout,

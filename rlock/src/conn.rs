@@ -32,6 +32,29 @@ impl std::fmt::Debug for RedisConnection {
 }
 
 impl RedisConnection {
+    /// Connect to `url` — one server, or a cluster in the forms [`RedisTarget::parse`]
+    /// takes — with these reply and connect timeouts (a single server's connection is
+    /// replaced after three response timeouts in a row, as the lock client's is).
+    pub async fn open(url: &str, response: Duration, connect: Duration) -> RedisResult<Self> {
+        let timeouts = Timeouts { response, connect };
+        match RedisTarget::parse(url) {
+            RedisTarget::Single(url) => {
+                let config = redis::aio::ConnectionManagerConfig::new()
+                    .set_response_timeout(Some(response))
+                    .set_connection_timeout(Some(connect))
+                    .set_number_of_retries(3)
+                    .set_max_delay(Duration::from_millis(500));
+                let client = redis::Client::open(url)?;
+                Ok(RedisConnection::Single(
+                    SingleConnection::connect(client, config, 3).await?,
+                ))
+            }
+            RedisTarget::Cluster(nodes) => Ok(RedisConnection::Cluster(
+                cluster_connection(&nodes, timeouts, None).await?,
+            )),
+        }
+    }
+
     /// Whether this is a cluster connection.
     pub fn is_cluster(&self) -> bool {
         matches!(self, RedisConnection::Cluster(_))
