@@ -10,15 +10,6 @@ use testkit::RedisCluster;
 
 use common::{http, orders, place, put_stock, stock, unique};
 
-fn cluster_url(cluster: &RedisCluster) -> String {
-    let hosts: Vec<String> = cluster
-        .ports()
-        .iter()
-        .map(|p| format!("127.0.0.1:{p}"))
-        .collect();
-    format!("redis+cluster://{}/", hosts.join(","))
-}
-
 /// The master holding (user, key)'s replay bucket.
 fn bucket_node(cluster: &RedisCluster, user: &str, key: &str) -> u16 {
     let b = order_service::idempotency::bucket(user, key);
@@ -30,7 +21,7 @@ fn bucket_node(cluster: &RedisCluster, user: &str, key: &str) -> u16 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn orders_replay_and_sell_out_on_a_cluster_and_survive_one_master_losing_its_data() {
     let cluster = RedisCluster::start(3).expect("a 3-master Redis Cluster");
-    let url = cluster_url(&cluster);
+    let url = cluster.url();
     let s = stock(&url, &[]).await;
     let o = orders(&url, &s.url(""), &[]).await;
     let c = http();

@@ -229,13 +229,9 @@ async fn waiters_still_wake_after_the_lock_slot_moved_to_another_master() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_url_is_accepted_in_the_redis_cluster_form() {
     let cluster = start();
-    let hosts: Vec<String> = cluster
-        .ports()
-        .iter()
-        .map(|p| format!("127.0.0.1:{p}"))
-        .collect();
-    let url = format!("redis+cluster://{}/", hosts.join(","));
-    let c = LockClient::connect(&url, config()).await.expect("connect");
+    let c = LockClient::connect(&cluster.url(), config())
+        .await
+        .expect("connect");
     assert!(c.is_cluster());
     let g = c.lock("x").expect("lock").acquire().await.expect("acquire");
     let _ = Arc::new(g.token());

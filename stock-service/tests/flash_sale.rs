@@ -94,13 +94,7 @@ async fn redlock_never_oversells() {
 /// the item's slot, and the sold-out broadcast reaches both instances.
 async fn sell_out_on_a_cluster(strategy: &str) {
     let cluster = testkit::RedisCluster::start(3).expect("a 3-master Redis Cluster");
-    let hosts: Vec<String> = cluster
-        .ports()
-        .iter()
-        .map(|p| format!("127.0.0.1:{p}"))
-        .collect();
-    let url = format!("redis+cluster://{}/", hosts.join(","));
-    sell_out(strategy, Some(&url), &[]).await;
+    sell_out(strategy, Some(&cluster.url()), &[]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -86,6 +86,17 @@ impl RedisCluster {
         self.nodes.iter().map(RedisServer::url).collect()
     }
 
+    /// The cluster as one URL in the `redis+cluster://127.0.0.1:P1,127.0.0.1:P2,…/` form the
+    /// services' `REDIS_URL` takes.
+    pub fn url(&self) -> String {
+        let hosts: Vec<String> = self
+            .ports()
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        format!("redis+cluster://{}/", hosts.join(","))
+    }
+
     /// The TCP port of every node (127.0.0.1 only), in start order.
     pub fn ports(&self) -> Vec<u16> {
         self.nodes.iter().map(RedisServer::port).collect()
