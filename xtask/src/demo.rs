@@ -60,12 +60,14 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
     let loadtest = shop::binary(&binaries, "loadtest")?;
     step(2, STEPS, "finding Redis and PostgreSQL");
     let services = Services::acquire(shop_args.throwaway)?;
+    let cluster = shop_args.redis_cluster()?;
     step(
         3,
         STEPS,
         "starting 2 stock-services, 2 order-services and the gateway",
     );
-    let result = Shop::start(&services, &binaries, &shop_args.options("demo")?).and_then(|mut shop| {
+    let options = shop_args.options("demo", cluster.as_ref())?;
+    let result = Shop::start(&services, &binaries, &options).and_then(|mut shop| {
         let code = sale(args, &shop, &loadtest)?;
         up::print_urls(&shop, shop_args);
         if args.no_wait || crate::interrupted() {

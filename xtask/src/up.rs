@@ -25,6 +25,11 @@ pub struct ShopArgs {
     /// Always start throwaway redis-server and PostgreSQL, even when shared ones answer.
     #[arg(long)]
     pub throwaway: bool,
+    /// Run the shop on a throwaway 3-master Redis Cluster (cluster-enabled redis-servers
+    /// joined by `redis-cli`, as the tests start them) instead of one Redis; PostgreSQL as
+    /// usual.
+    #[arg(long)]
+    pub redis_cluster: bool,
     /// Password of the gateway's `admin` login.
     #[arg(long, env = "ADMIN_PASSWORD", default_value = "admin-demo-password")]
     pub admin_password: String,
@@ -43,8 +48,23 @@ impl ShopArgs {
         }
     }
 
-    /// Options for [`Shop::start`] under `target/xtask/<name>/`.
-    pub fn options(&self, name: &str) -> anyhow::Result<ShopOptions> {
+    /// A throwaway Redis Cluster when `--redis-cluster` asks for one (kept alive by the
+    /// caller for as long as the shop runs), else `None`.
+    pub fn redis_cluster(&self) -> anyhow::Result<Option<testkit::RedisCluster>> {
+        if !self.redis_cluster {
+            return Ok(None);
+        }
+        let cluster = testkit::RedisCluster::start(3)?;
+        println!("redis:    throwaway 3-master cluster {}", cluster.url());
+        Ok(Some(cluster))
+    }
+
+    /// Options for [`Shop::start`] under `target/xtask/<name>/`, on `cluster` if given.
+    pub fn options(
+        &self,
+        name: &str,
+        cluster: Option<&testkit::RedisCluster>,
+    ) -> anyhow::Result<ShopOptions> {
         Ok(ShopOptions {
             gateway_port: self.port,
             instances: 2,
@@ -56,7 +76,7 @@ impl ShopArgs {
             name: name.to_owned(),
             run_dir: run_dir(name)?,
             log_filter: self.log.clone(),
-            redis_url: None,
+            redis_url: cluster.map(testkit::RedisCluster::url),
         })
     }
 }
@@ -91,12 +111,14 @@ pub fn run(args: &UpArgs) -> anyhow::Result<ExitCode> {
     )?;
     step(2, 3, "finding Redis and PostgreSQL");
     let services = Services::acquire(args.throwaway)?;
+    let cluster = args.redis_cluster()?;
     step(
         3,
         3,
         "starting 2 stock-services, 2 order-services and the gateway",
     );
-    let result = Shop::start(&services, &binaries, &args.options("up")?).map(|mut shop| {
+    let options = args.options("up", cluster.as_ref())?;
+    let result = Shop::start(&services, &binaries, &options).map(|mut shop| {
         print_urls(&shop, args);
         println!("\nA process that dies is restarted (back-off 1 s, doubling to 30 s); Ctrl-C stops everything.");
         let code = supervise_until_interrupt(&mut shop);
