@@ -117,17 +117,23 @@ pub enum RedisTarget {
 }
 
 impl RedisTarget {
-    /// Parse a URL the way the services take `REDIS_URL`: `redis+cluster://h1:p1,h2:p2/` (or
-    /// several `redis://` URLs separated by commas) is a cluster; one `redis://` URL is a single
+    /// Parse a URL the way the services take `REDIS_URL`: `redis+cluster://h1:p1,h2:p2/`
+    /// (credentials, if any, once before the first host: `redis+cluster://:pw@h1:p1,h2:p2/`), or
+    /// several `redis://` URLs separated by commas, is a cluster; one `redis://` URL is a single
     /// server.
     pub fn parse(url: &str) -> RedisTarget {
         if let Some(rest) = url.strip_prefix("redis+cluster://") {
-            let hosts = rest.trim_end_matches('/');
+            // `user:password@` before the first host applies to every node.
+            let (auth, hosts) = match rest.rsplit_once('@') {
+                Some((auth, hosts)) => (format!("{auth}@"), hosts),
+                None => (String::new(), rest),
+            };
             return RedisTarget::Cluster(
                 hosts
+                    .trim_end_matches('/')
                     .split(',')
                     .filter(|h| !h.is_empty())
-                    .map(|h| format!("redis://{h}/"))
+                    .map(|h| format!("redis://{auth}{h}/"))
                     .collect(),
             );
         }
@@ -187,5 +193,12 @@ mod tests {
             RedisTarget::parse("redis://a:1/"),
             RedisTarget::Single(_)
         ));
+        // A password given once is every node's.
+        match RedisTarget::parse("redis+cluster://:s3cret@a:1,b:2/") {
+            RedisTarget::Cluster(n) => {
+                assert_eq!(n, ["redis://:s3cret@a:1/", "redis://:s3cret@b:2/"]);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }
