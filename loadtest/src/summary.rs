@@ -119,6 +119,22 @@ fn secs(v: Option<f64>) -> String {
 /// Render `summary.md`.
 pub fn markdown(s: &Summary) -> String {
     let mut out = String::new();
+    for section in [
+        headline,
+        verdict_table,
+        latency_table,
+        orders_section,
+        timing_section,
+        errors_section,
+        reports_section,
+    ] {
+        section(&mut out, s);
+    }
+    out
+}
+
+/// The title, the run's parameters and its key figures.
+fn headline(out: &mut String, s: &Summary) {
     let verdict = if s.passed { "PASSED" } else { "FAILED" };
     let p = &s.parameters;
     let text = |k: &str| match &p[k] {
@@ -152,7 +168,10 @@ pub fn markdown(s: &Summary) -> String {
         s.throughput.rejections_per_sec,
         ms(s.lock_wait_p99_ms)
     );
+}
 
+/// The verdict's checks.
+fn verdict_table(out: &mut String, s: &Summary) {
     let _ = writeln!(
         out,
         "## Verdict\n\n| check | result | detail |\n|---|---|---|"
@@ -166,7 +185,10 @@ pub fn markdown(s: &Summary) -> String {
             c.detail.replace('|', "\\|")
         );
     }
+}
 
+/// Latency by outcome.
+fn latency_table(out: &mut String, s: &Summary) {
     let _ = writeln!(
         out,
         "\n## Latency by outcome\n\n| outcome | requests | p50 | p99 | max |\n|---|---:|---:|---:|---:|"
@@ -184,7 +206,10 @@ pub fn markdown(s: &Summary) -> String {
             );
         }
     }
+}
 
+/// What clients, the order-service and the stock-service counted.
+fn orders_section(out: &mut String, s: &Summary) {
     let c = &s.client;
     let o = &s.order_audit;
     let a = &s.stock_audit;
@@ -225,7 +250,10 @@ pub fn markdown(s: &Summary) -> String {
         a.oversold,
         if a.ok { "ok" } else { "FAILED" }
     );
+}
 
+/// Timing, and what the services' metrics showed.
+fn timing_section(out: &mut String, s: &Summary) {
     let m = &s.service_metrics;
     let _ = writeln!(out, "\n## Timing and services\n");
     let _ = writeln!(
@@ -268,6 +296,10 @@ pub fn markdown(s: &Summary) -> String {
             let _ = writeln!(out, "- scrape failed: {e}");
         }
     }
+}
+
+/// Errors by kind, with examples (nothing when there were none).
+fn errors_section(out: &mut String, s: &Summary) {
     if !s.errors.samples.is_empty() {
         let _ = writeln!(out, "\n## Errors\n");
         for (kind, n) in &s.errors.by_kind {
@@ -278,13 +310,16 @@ pub fn markdown(s: &Summary) -> String {
             let _ = writeln!(out, "- `{}`", e.replace('`', "'"));
         }
     }
+}
+
+/// Where the reports are (nothing when there are none).
+fn reports_section(out: &mut String, s: &Summary) {
     if !s.reports.is_empty() {
         let _ = writeln!(out, "\n## Reports\n");
         for (kind, path) in &s.reports {
             let _ = writeln!(out, "- {kind}: `{path}`");
         }
     }
-    out
 }
 
 #[cfg(test)]

@@ -90,13 +90,30 @@ fn i(v: u64) -> i64 {
 
 /// Judge `facts`.
 pub fn judge(facts: &Facts) -> Verdict {
-    let s = &facts.stock_audit;
-    let o = &facts.order_audit;
-    let c = &facts.client;
-    let mut checks = Vec::new();
+    let sold_by_ledger = facts.stock_audit.deducted - facts.stock_audit.released;
+    let (oversell, oversold) = no_oversell(facts, sold_by_ledger);
+    let (keys, duplicates) = one_order_per_key(facts);
+    let mut checks = vec![
+        ledger_balances(facts),
+        oversell,
+        orders_match_ledger(facts, sold_by_ledger),
+        keys,
+        purchase_limit(facts),
+    ];
+    checks.extend(orders_were_placed(facts));
+    checks.extend(error_rate(facts));
+    Verdict {
+        passed: checks.iter().all(|c| c.passed),
+        oversold,
+        duplicates,
+        checks,
+    }
+}
 
-    // 1. The stock-service's own books.
-    checks.push(check(
+/// 1. The stock-service's own books.
+fn ledger_balances(facts: &Facts) -> Check {
+    let s = &facts.stock_audit;
+    check(
         "stock_ledger_balances",
         s.ok && s.oversold == 0 && s.initial == facts.stock,
         if s.ok && s.oversold == 0 && s.initial == facts.stock {
@@ -120,10 +137,14 @@ pub fn judge(facts: &Facts) -> Verdict {
             "ok": s.ok, "initial": s.initial, "available": s.available, "deducted": s.deducted,
             "released": s.released, "oversold": s.oversold, "problems": s.problems,
         }),
-    ));
+    )
+}
 
-    // 2. Nothing sold beyond the stock, by every account.
-    let sold_by_ledger = s.deducted - s.released;
+/// 2. Nothing sold beyond the stock, by every account; also the largest excess.
+fn no_oversell(facts: &Facts, sold_by_ledger: i64) -> (Check, i64) {
+    let s = &facts.stock_audit;
+    let o = &facts.order_audit;
+    let c = &facts.client;
     let held_by_orders = o.orders.reserved.qty + o.orders.paid.qty;
     let held_by_clients = i(c.orders_seen) - i(c.orders_cancelled);
     let oversold = [
@@ -136,7 +157,7 @@ pub fn judge(facts: &Facts) -> Verdict {
     .max()
     .unwrap_or(0)
     .max(0);
-    checks.push(check(
+    let verdict = check(
         "no_oversell",
         oversold == 0,
         format!(
@@ -157,14 +178,20 @@ pub fn judge(facts: &Facts) -> Verdict {
             "held_by_orders": held_by_orders, "held_by_clients": held_by_clients,
             "audit_oversold": s.oversold, "oversold": oversold,
         }),
-    ));
+    );
+    (verdict, oversold)
+}
 
-    // 3. The order books and the stock ledger tell the same story.
+/// 3. The order books and the stock ledger tell the same story.
+fn orders_match_ledger(facts: &Facts, sold_by_ledger: i64) -> Check {
+    let s = &facts.stock_audit;
+    let o = &facts.order_audit;
+    let c = &facts.client;
     let settled = o.orders.pending.count == 0;
     let server_orders = o.orders.reserved.count + o.orders.paid.count + o.orders.cancelled.count;
     let books_match = settled && o.holding_stock_qty == sold_by_ledger;
     let clients_within = i(c.orders_seen) <= server_orders;
-    checks.push(check(
+    check(
         "orders_match_ledger",
         books_match && clients_within,
         if !settled {
@@ -206,14 +233,18 @@ pub fn judge(facts: &Facts) -> Verdict {
             "deducted": s.deducted, "released": s.released, "sold_by_ledger": sold_by_ledger,
             "orders_seen_by_clients": c.orders_seen, "orders_on_server": server_orders,
         }),
-    ));
+    )
+}
 
-    // 4. One key, one order.
+/// 4. One key, one order; also how many duplicates there were.
+fn one_order_per_key(facts: &Facts) -> (Check, i64) {
+    let o = &facts.order_audit;
+    let c = &facts.client;
     let duplicates = i(c.key_conflicts)
         + i(c.replay_mismatches)
         + o.keys_with_several_orders
         + o.orders_without_key;
-    checks.push(check(
+    let verdict = check(
         "one_order_per_key",
         duplicates == 0,
         format!(
@@ -232,11 +263,16 @@ pub fn judge(facts: &Facts) -> Verdict {
             "server_keys_with_several_orders": o.keys_with_several_orders,
             "server_orders_without_key": o.orders_without_key, "duplicates": duplicates,
         }),
-    ));
+    );
+    (verdict, duplicates)
+}
 
-    // 5. The purchase limit held.
+/// 5. The purchase limit held.
+fn purchase_limit(facts: &Facts) -> Check {
+    let o = &facts.order_audit;
+    let c = &facts.client;
     let over = o.users_over_limit + i(facts.client_users_over_limit);
-    checks.push(check(
+    check(
         "purchase_limit",
         over == 0,
         format!(
@@ -252,48 +288,47 @@ pub fn judge(facts: &Facts) -> Verdict {
             "client_users_over_limit": facts.client_users_over_limit,
             "max_held_by_one_user": c.max_orders_held_by_one_user, "users": o.users,
         }),
-    ));
+    )
+}
 
-    // 6. The run proves something only if it sold.
-    if facts.buyers && facts.stock > 0 {
-        checks.push(check(
-            "orders_were_placed",
-            c.orders_seen > 0,
-            format!(
-                "{} order requests, {} orders",
-                c.order_requests, c.orders_seen
-            ),
-            json!({ "order_requests": c.order_requests, "orders_seen": c.orders_seen }),
-        ));
+/// 6. The run proves something only if it sold (when there were buyers and stock).
+fn orders_were_placed(facts: &Facts) -> Option<Check> {
+    let c = &facts.client;
+    if !(facts.buyers && facts.stock > 0) {
+        return None;
     }
+    Some(check(
+        "orders_were_placed",
+        c.orders_seen > 0,
+        format!(
+            "{} order requests, {} orders",
+            c.order_requests, c.orders_seen
+        ),
+        json!({ "order_requests": c.order_requests, "orders_seen": c.orders_seen }),
+    ))
+}
 
-    // 7. Optionally, availability.
-    if let Some(max) = facts.max_error_rate {
-        let rate = if c.order_requests == 0 {
-            0.0
-        } else {
-            c.errors as f64 / c.order_requests as f64
-        };
-        checks.push(check(
-            "error_rate",
-            rate <= max,
-            format!(
-                "{} errors over {} order requests = {:.2}% (max {:.2}%)",
-                c.errors,
-                c.order_requests,
-                rate * 100.0,
-                max * 100.0
-            ),
-            json!({ "errors": c.errors, "order_requests": c.order_requests, "rate": rate, "max": max }),
-        ));
-    }
-
-    Verdict {
-        passed: checks.iter().all(|c| c.passed),
-        oversold,
-        duplicates,
-        checks,
-    }
+/// 7. Optionally, availability.
+fn error_rate(facts: &Facts) -> Option<Check> {
+    let c = &facts.client;
+    let max = facts.max_error_rate?;
+    let rate = if c.order_requests == 0 {
+        0.0
+    } else {
+        c.errors as f64 / c.order_requests as f64
+    };
+    Some(check(
+        "error_rate",
+        rate <= max,
+        format!(
+            "{} errors over {} order requests = {:.2}% (max {:.2}%)",
+            c.errors,
+            c.order_requests,
+            rate * 100.0,
+            max * 100.0
+        ),
+        json!({ "errors": c.errors, "order_requests": c.order_requests, "rate": rate, "max": max }),
+    ))
 }
 
 #[cfg(test)]
