@@ -187,16 +187,7 @@ pub fn run(services: &Services) -> anyhow::Result<Vec<(String, Outcome)>> {
     )?;
     let loadtest = shop::binary(&binaries, "loadtest")?;
     let dir = crate::up::run_dir("bench-shop")?;
-    // RedLock needs its own independent masters.
-    let masters = (0..3)
-        .map(|_| RedisServer::start())
-        .collect::<anyhow::Result<Vec<_>>>()
-        .context("starting three throwaway redis-servers for redlock")?;
-    let redlock_urls = masters
-        .iter()
-        .map(RedisServer::url)
-        .collect::<Vec<_>>()
-        .join(",");
+    let (masters, redlock_urls) = redlock_masters()?;
 
     let cases: Vec<&Case> = CASES
         .iter()
@@ -258,6 +249,21 @@ pub fn run(services: &Services) -> anyhow::Result<Vec<(String, Outcome)>> {
     fs::write(&path, &table).with_context(|| format!("writing {}", path.display()))?;
     println!("written to {}", path.display());
     Ok(steps)
+}
+
+/// RedLock needs its own independent masters: three throwaway redis-servers and their URLs
+/// as `REDLOCK_URLS` takes them.
+fn redlock_masters() -> anyhow::Result<(Vec<RedisServer>, String)> {
+    let masters = (0..3)
+        .map(|_| RedisServer::start())
+        .collect::<anyhow::Result<Vec<_>>>()
+        .context("starting three throwaway redis-servers for redlock")?;
+    let urls = masters
+        .iter()
+        .map(RedisServer::url)
+        .collect::<Vec<_>>()
+        .join(",");
+    Ok((masters, urls))
 }
 
 /// The machine's hot-row anchor (`testkit::anchor`) on the shop's PostgreSQL, in the bench's
@@ -482,10 +488,9 @@ fn verdict(run: &Run) -> &'static str {
     }
 }
 
-/// The comparison as markdown: per case the median over the rounds (and the range), the
-/// throughput as a ratio to `db-pessimistic` in the same round.
-/// The comparison; orders/s also as a ratio to `db-pessimistic` and to the hot-row anchor
-/// of the same round (`anchors`, tx/s, one per round).
+/// The comparison as markdown: per case the median over the rounds (and the range), orders/s
+/// also as a ratio to `db-pessimistic` and to the hot-row anchor of the same round
+/// (`anchors`, tx/s, one per round).
 fn table(
     load: &Load,
     rows: &[(&Case, Vec<Run>)],
@@ -515,76 +520,90 @@ fn table(
     );
     let _ = writeln!(out, "|---|--:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
     for (case, runs) in rows {
-        let ok: Vec<&Run> = runs.iter().filter(|r| r.summary).collect();
-        let ratios: Vec<f64> = base.map_or_else(Vec::new, |base| {
-            runs.iter()
-                .zip(base)
-                .filter(|(r, b)| r.summary && b.summary && b.orders_per_sec > 0.0)
-                .map(|(r, b)| r.orders_per_sec / b.orders_per_sec)
-                .collect()
-        });
-        let to_anchor: Vec<f64> = runs
-            .iter()
-            .zip(anchors)
-            .filter(|(r, a)| r.summary && **a > 0.0)
-            .map(|(r, a)| r.orders_per_sec / a)
-            .collect();
-        let passed = ok.iter().filter(|r| r.passed).count();
-        let not_run = match runs.len() - ok.len() {
-            0 => String::new(),
-            n => format!(", {n} could not run"),
-        };
-        let _ = writeln!(
-            out,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {passed} passed, {} failed{not_run} |",
-            case.label,
-            case.segments,
-            spread(ok.iter().map(|r| r.orders_per_sec).collect(), 0, ""),
-            spread(ratios, 2, ""),
-            spread(to_anchor, 2, ""),
-            spread(
-                ok.iter().filter_map(|r| r.time_to_sell_out).collect(),
-                1,
-                " s"
-            ),
-            spread(
-                ok.iter().filter_map(|r| r.created_p99_ms).collect(),
-                0,
-                " ms"
-            ),
-            spread(
-                ok.iter().filter_map(|r| r.lock_wait_p99_ms).collect(),
-                0,
-                " ms"
-            ),
-            ok.iter().map(|r| r.oversold).max().unwrap_or(0),
-            ok.iter().map(|r| r.errors).sum::<u64>(),
-            ok.len() - passed,
-        );
+        out.push_str(&table_row(case, runs, base, anchors));
     }
-    if let Some((sold_out, trivial)) = phase {
-        let ratio = if trivial.requests_per_sec > 0.0 {
-            format!(
-                "{:.2}",
-                sold_out.requests_per_sec / trivial.requests_per_sec
-            )
-        } else {
-            "-".to_owned()
-        };
-        let _ = writeln!(
-            out,
-            "\nSold-out phase (segmented S=8 shop, {} users for {} each): order requests on a \
-             sold-out item {:.0} req/s (p99 {}) vs the gateway's own GET /healthz {:.0} req/s \
-             (p99 {}): ratio {ratio}.",
-            load.users,
-            load.phase_time,
-            sold_out.requests_per_sec,
-            ms(sold_out.sold_out_p99_ms),
-            trivial.requests_per_sec,
-            ms(trivial.healthz_p99_ms),
-        );
+    if let Some(phase) = phase {
+        out.push_str(&sold_out_phase_line(load, phase));
     }
     out
+}
+
+/// One case's row of the table.
+fn table_row(case: &Case, runs: &[Run], base: Option<&Vec<Run>>, anchors: &[f64]) -> String {
+    let mut line = String::new();
+    let ok: Vec<&Run> = runs.iter().filter(|r| r.summary).collect();
+    let ratios: Vec<f64> = base.map_or_else(Vec::new, |base| {
+        runs.iter()
+            .zip(base)
+            .filter(|(r, b)| r.summary && b.summary && b.orders_per_sec > 0.0)
+            .map(|(r, b)| r.orders_per_sec / b.orders_per_sec)
+            .collect()
+    });
+    let to_anchor: Vec<f64> = runs
+        .iter()
+        .zip(anchors)
+        .filter(|(r, a)| r.summary && **a > 0.0)
+        .map(|(r, a)| r.orders_per_sec / a)
+        .collect();
+    let passed = ok.iter().filter(|r| r.passed).count();
+    let not_run = match runs.len() - ok.len() {
+        0 => String::new(),
+        n => format!(", {n} could not run"),
+    };
+    let _ = writeln!(
+        line,
+        "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {passed} passed, {} failed{not_run} |",
+        case.label,
+        case.segments,
+        spread(ok.iter().map(|r| r.orders_per_sec).collect(), 0, ""),
+        spread(ratios, 2, ""),
+        spread(to_anchor, 2, ""),
+        spread(
+            ok.iter().filter_map(|r| r.time_to_sell_out).collect(),
+            1,
+            " s"
+        ),
+        spread(
+            ok.iter().filter_map(|r| r.created_p99_ms).collect(),
+            0,
+            " ms"
+        ),
+        spread(
+            ok.iter().filter_map(|r| r.lock_wait_p99_ms).collect(),
+            0,
+            " ms"
+        ),
+        ok.iter().map(|r| r.oversold).max().unwrap_or(0),
+        ok.iter().map(|r| r.errors).sum::<u64>(),
+        ok.len() - passed,
+    );
+    line
+}
+
+/// The sold-out phase's line: rejections through the gateway against its own `/healthz`.
+fn sold_out_phase_line(load: &Load, (sold_out, trivial): &(Run, Run)) -> String {
+    let mut line = String::new();
+    let ratio = if trivial.requests_per_sec > 0.0 {
+        format!(
+            "{:.2}",
+            sold_out.requests_per_sec / trivial.requests_per_sec
+        )
+    } else {
+        "-".to_owned()
+    };
+    let _ = writeln!(
+        line,
+        "\nSold-out phase (segmented S=8 shop, {} users for {} each): order requests on a \
+         sold-out item {:.0} req/s (p99 {}) vs the gateway's own GET /healthz {:.0} req/s \
+         (p99 {}): ratio {ratio}.",
+        load.users,
+        load.phase_time,
+        sold_out.requests_per_sec,
+        ms(sold_out.sold_out_p99_ms),
+        trivial.requests_per_sec,
+        ms(trivial.healthz_p99_ms),
+    );
+    line
 }
 
 /// `median (min–max)` of `values` with `decimals` and `unit`; `-` when empty.
