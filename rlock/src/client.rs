@@ -225,12 +225,7 @@ async fn connect_cluster(
     ))
 }
 
-/// ConnectionManager settings from the lock config: bounded reply and connect times, and
-/// reconnection with backoff.
+/// ConnectionManager settings from the lock config (see [`conn::manager_config`]).
 pub(crate) fn manager_config(config: &LockConfig) -> ConnectionManagerConfig {
-    ConnectionManagerConfig::new()
-        .set_response_timeout(Some(config.response_timeout))
-        .set_connection_timeout(Some(config.connection_timeout))
-        .set_number_of_retries(3)
-        .set_max_delay(std::time::Duration::from_millis(500))
+    conn::manager_config(config.response_timeout, config.connection_timeout)
 }

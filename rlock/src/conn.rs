@@ -39,12 +39,8 @@ impl RedisConnection {
         let timeouts = Timeouts { response, connect };
         match RedisTarget::parse(url) {
             RedisTarget::Single(url) => {
-                let config = redis::aio::ConnectionManagerConfig::new()
-                    .set_response_timeout(Some(response))
-                    .set_connection_timeout(Some(connect))
-                    .set_number_of_retries(3)
-                    .set_max_delay(Duration::from_millis(500));
                 let client = redis::Client::open(url)?;
+                let config = manager_config(response, connect);
                 Ok(RedisConnection::Single(
                     SingleConnection::connect(client, config, 3).await?,
                 ))
@@ -147,6 +143,18 @@ impl RedisTarget {
         }
         RedisTarget::Single(url.to_owned())
     }
+}
+
+/// ConnectionManager settings: bounded reply and connect times, reconnection with backoff.
+pub(crate) fn manager_config(
+    response: Duration,
+    connect: Duration,
+) -> redis::aio::ConnectionManagerConfig {
+    redis::aio::ConnectionManagerConfig::new()
+        .set_response_timeout(Some(response))
+        .set_connection_timeout(Some(connect))
+        .set_number_of_retries(3)
+        .set_max_delay(Duration::from_millis(500))
 }
 
 /// Timeouts for every connection a client opens.

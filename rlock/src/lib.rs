@@ -44,6 +44,7 @@ mod multi;
 mod pubsub;
 mod rebuild;
 mod redlock;
+mod retry;
 mod scripts;
 mod watchdog;
 

@@ -433,36 +433,25 @@ impl LockShared {
     async fn undo_acquire(&self, state: &OwnerState, lease_ms: u64) {
         let give_up = Instant::now() + Duration::from_millis(lease_ms);
         let token = state.token.filter(|_| state.holds > 0);
-        let mut backoff = Duration::from_millis(20);
-        loop {
+        let undo = || {
             let mut conn = self.client.conn.clone();
-            let reply: redis::RedisResult<i64> = self
-                .client
-                .scripts
-                .undo_acquire
+            let mut invocation = self.client.scripts.undo_acquire.prepare_invoke();
+            invocation
                 .key(&self.keys.lock)
                 .key(&self.keys.channel)
                 .arg(&self.owner)
                 .arg(if token.is_some() { state.holds } else { 0 })
                 .arg(token.map(|t| t.to_string()).unwrap_or_default())
-                .arg(scripts::RELEASED_MESSAGE)
-                .invoke_async(&mut conn)
-                .await;
-            match reply {
-                Ok(undone) => {
-                    tracing::debug!(lock = %self.keys.name, undone, "compensated an unknown acquire");
-                    return;
-                }
-                Err(err) if Instant::now() + backoff >= give_up => {
-                    tracing::warn!(lock = %self.keys.name, error = %err,
-                        "could not compensate an unknown acquire; it expires with its lease");
-                    return;
-                }
-                Err(_) => {
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_millis(500));
-                }
+                .arg(scripts::RELEASED_MESSAGE);
+            async move { invocation.invoke_async::<i64>(&mut conn).await }
+        };
+        // Any error is retried: a loading or busy Redis answers with one, and gets better.
+        match crate::retry::until_answered(give_up, |_| true, undo).await {
+            Ok(undone) => {
+                tracing::debug!(lock = %self.keys.name, undone, "compensated an unknown acquire");
             }
+            Err(err) => tracing::warn!(lock = %self.keys.name, error = %err,
+                "could not compensate an unknown acquire; it expires with its lease"),
         }
     }
 
@@ -546,20 +535,11 @@ impl LockShared {
     /// idempotent, so retry it until Redis answers or the lease would have run out anyway.
     async fn end_acquisition(self: Arc<Self>, token: u64) {
         let give_up = Instant::now() + self.client.config.watchdog_timeout;
-        let mut backoff = Duration::from_millis(20);
-        loop {
-            match self.release_script(token, true).await {
-                Ok(_) => return,
-                Err(LockError::OutcomeUnknown { .. }) if Instant::now() + backoff < give_up => {
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_millis(500));
-                }
-                Err(err) => {
-                    tracing::warn!(lock = %self.keys.name, error = %err,
-                        "could not end an acquisition after a lost release; it expires with its lease");
-                    return;
-                }
-            }
+        let unanswered = |e: &LockError| matches!(e, LockError::OutcomeUnknown { .. });
+        let end = || self.release_script(token, true);
+        if let Err(err) = crate::retry::until_answered(give_up, unanswered, end).await {
+            tracing::warn!(lock = %self.keys.name, error = %err,
+                "could not end an acquisition after a lost release; it expires with its lease");
         }
     }
 }

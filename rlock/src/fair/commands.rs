@@ -223,20 +223,14 @@ impl FairCommands {
 
     /// [`FairCommands::leave`], retried until Redis answers or `give_up` passes.
     pub(crate) async fn leave_retrying(&self, conn: &mut crate::RedisConnection, give_up: Instant) {
-        let mut backoff = std::time::Duration::from_millis(20);
-        loop {
-            match self.leave(conn).await {
-                Ok(_) => return,
-                Err(err) if outcome_known(&err) || Instant::now() + backoff >= give_up => {
-                    tracing::warn!(lock = %self.keys.name, error = %err,
-                        "could not leave a fair lock's queue; the place times out, a hold expires");
-                    return;
-                }
-                Err(_) => {
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(std::time::Duration::from_millis(500));
-                }
-            }
+        let unanswered = |e: &redis::RedisError| !outcome_known(e);
+        let leave = || {
+            let mut conn = conn.clone();
+            async move { self.leave(&mut conn).await }
+        };
+        if let Err(err) = crate::retry::until_answered(give_up, unanswered, leave).await {
+            tracing::warn!(lock = %self.keys.name, error = %err,
+                "could not leave a fair lock's queue; the place times out, a hold expires");
         }
     }
 }
