@@ -16,9 +16,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::Value;
-use service_kit::config::Env;
 
 use support::metrics::{self, Kind};
+use support::service_config::{SERVICE_TARGETS, environment_problems};
 
 /// Services allowed to publish ports on the host: the public door and the dashboards.
 const PUBLISHING: &[&str] = &["gateway", "grafana", "jaeger", "prometheus"];
@@ -28,18 +28,6 @@ const NO_HEALTHCHECK: &[(&str, &str)] = &[(
     "otel-collector",
     "the collector image is FROM scratch: no shell, curl or wget to run a probe with",
 )];
-
-/// Dockerfile targets of the Rust services whose environment is checked with their loaders.
-const SERVICE_TARGETS: &[&str] = &["gateway", "order-service", "stock-service"];
-
-/// Variables the OpenTelemetry SDK reads straight from the process environment (not through
-/// [`Env`]), so they count as read for every service. `OTEL_SERVICE_NAME` and the OTLP
-/// endpoint/protocol are read through `Env` by `service_kit::telemetry`, so they are checked.
-const OTEL_SDK_VARS: &[&str] = &[
-    "OTEL_RESOURCE_ATTRIBUTES",
-    "OTEL_TRACES_SAMPLER",
-    "OTEL_TRACES_SAMPLER_ARG",
-];
 
 /// Port of the collector's OTLP http/protobuf receiver, which the services export to.
 const OTLP_HTTP_PORT: u16 = 4318;
@@ -127,26 +115,14 @@ async fn every_service_environment_loads_and_every_variable_is_read() {
         }
         checked += 1;
         let vars = environment(service);
-        let env = Env::from_pairs(vars.clone());
-        // The same reads the binary does at start: telemetry, then its configuration.
-        if let Err(e) = service_kit::telemetry::check_settings(&env, target) {
-            problems.push(format!("{name}: telemetry settings rejected: {e}"));
-        }
-        if let Err(e) = load_config(target, service, &env) {
-            // Loading stopped early, so what was read says nothing.
-            problems.push(format!(
-                "{name}: the {target} configuration does not load: {e}"
-            ));
-            continue;
-        }
-        let read = env.names_read();
-        for key in vars.keys() {
-            if !read.contains(key) && !OTEL_SDK_VARS.contains(&key.as_str()) {
-                problems.push(format!(
-                    "{name}: sets {key}, which {target} never reads (typo or leftover?); it reads {read:?}"
-                ));
-            }
-        }
+        // The gateway's file, found on the host through the bind mount.
+        problems.extend(environment_problems(name, target, &vars, |path| {
+            let path = path.to_string_lossy();
+            let host = host_path(service, &path)
+                .ok_or_else(|| format!("GATEWAY_CONFIG={path} is not a mounted file"))?;
+            std::fs::read_to_string(&host)
+                .map_err(|e| format!("cannot read {}: {e}", host.display()))
+        }));
         if !vars.contains_key("BIND_ADDR") {
             problems.push(format!(
                 "{name}: set BIND_ADDR explicitly; the healthcheck and Prometheus depend on its port"
@@ -1030,39 +1006,6 @@ fn interpolation_follows_compose_rules() {
     assert_eq!(i("${UNSET:-${SET}}", &mut refs).as_deref(), Ok("x"));
     assert!(i("${UNSET:?needed}", &mut refs).is_err());
     assert!(i("${SET", &mut refs).is_err());
-}
-
-// ---------------------------------------------------------------------------------------
-// Loading a service's configuration with its own code.
-
-fn load_config(target: &str, service: &Value, env: &Env) -> Result<(), String> {
-    match target {
-        "stock-service" => stock_service::StockConfig::from_source(env)
-            .map(drop)
-            .map_err(|e| e.to_string()),
-        "order-service" => order_service::OrderConfig::from_source(env)
-            .map(drop)
-            .map_err(|e| e.to_string()),
-        "gateway" => {
-            let settings = gateway::GatewaySettings::from_source(env).map_err(|e| e.to_string())?;
-            // The file the container reads, found on the host through the bind mount.
-            let file = match &settings.config_path {
-                None => gateway::FileConfig::parse(gateway::settings::EXAMPLE_CONFIG),
-                Some(path) => {
-                    let path = path.to_string_lossy();
-                    let host = host_path(service, &path)
-                        .ok_or_else(|| format!("GATEWAY_CONFIG={path} is not a mounted file"))?;
-                    gateway::FileConfig::read(&host).map(|(file, _)| file)
-                }
-            }
-            .map_err(|e| e.to_string())?;
-            // Applies the environment's secrets: a short JWT_SECRET fails here.
-            gateway::runtime::Runtime::build(file, &settings, None)
-                .map(drop)
-                .map_err(|e| e.to_string())
-        }
-        other => Err(format!("no loader for target {other}")),
-    }
 }
 
 // ---------------------------------------------------------------------------------------

@@ -1,3 +1,4 @@
 //! Shared by the integration tests of xtask (`mod support;`).
 
 pub mod metrics;
+pub mod service_config;
