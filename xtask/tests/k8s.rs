@@ -28,9 +28,9 @@ use service_kit::config::Env;
 
 use support::service_config::{SERVICE_TARGETS, environment_problems};
 
-/// The Kubernetes versions the manifests are validated against: the oldest one supported (the
-/// native `preStop` sleep is on by default from 1.30; kind's node images are 1.32 and newer)
-/// and the newest whose schemas the pinned kubernetes-validate ships.
+/// The Kubernetes versions the manifests are validated against: the oldest they target (the
+/// native `preStop` sleep they use is on by default from 1.30) and the newest whose schemas
+/// the pinned kubernetes-validate ships.
 const KUBERNETES_VERSIONS: &[&str] = &["1.32.0", "1.37.0"];
 
 const K8S: &str = "deploy/k8s";
@@ -117,7 +117,10 @@ fn rendered_manifests_validate_against_the_kubernetes_schemas() {
             .lines()
             .chain(String::from_utf8_lossy(&output.stderr).lines())
             .filter(|l| ["ERROR", "WARN", "FATAL"].iter().any(|p| l.starts_with(p)))
-            .map(|l| format!("{}: {l}", render.name))
+            .map(|l| {
+                let l = l.replace(&format!(" {}", file.display()), "");
+                format!("{}: {l}", render.name)
+            })
             .collect();
         if !output.status.success() && found.is_empty() {
             problems.push(format!(
