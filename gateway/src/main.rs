@@ -8,6 +8,12 @@ use gateway::{Gateway, GatewaySettings, SERVICE_NAME, SERVICE_VERSION, app, relo
 use service_kit::metrics::Metrics;
 use service_kit::telemetry;
 
+/// mimalloc instead of glibc malloc: request handling allocates and frees many small
+/// buffers on every worker thread, where glibc's arenas and consolidation cost a tenth of the
+/// CPU under load (docs/strategies.md, "Allocator").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let telemetry = telemetry::init(SERVICE_NAME).context("failed to initialise telemetry")?;

@@ -142,19 +142,22 @@ impl ReplayCache {
         format!("{}:rebuilding", self.idem)
     }
 
-    /// One round trip each, at once: the key's record with its bucket's completeness marker
-    /// (one slot), and the item's sold-out flag (the item's slot).
+    /// One pipeline: the key's record, its bucket's completeness marker and the item's
+    /// sold-out flag.
     pub async fn lookup(&self, user: &str, key: &str, sku: &str) -> FastPath {
-        let (mut conn, mut flag_conn) = (self.conn.clone(), self.conn.clone());
+        let mut conn = self.conn.clone();
         let flag = format!("{}:{{{sku}}}:soldout", self.stock_prefix);
+        // One round trip on one Redis; on a cluster the three keys live in different slots
+        // and redis-rs sends each node its part of the pipeline at once.
         let mut pipe = redis::pipe();
         pipe.get(self.record_key(user, key))
-            .get(self.complete(bucket(user, key)));
-        let record_and_marker = pipe.query_async::<(Option<String>, Option<String>)>(&mut conn);
-        let flag = flag_conn.get::<_, Option<String>>(flag);
-        let (got, sold_out) = tokio::join!(record_and_marker, flag);
-        match (got, sold_out) {
-            (Ok((record, Some(_complete))), Ok(sold_out)) => match record {
+            .get(self.complete(bucket(user, key)))
+            .get(flag);
+        let got = pipe
+            .query_async::<(Option<String>, Option<String>, Option<String>)>(&mut conn)
+            .await;
+        match got {
+            Ok((record, Some(_complete), sold_out)) => match record {
                 Some(r) if r == IN_FLIGHT => FastPath::Miss,
                 Some(r) => {
                     serde_json::from_str::<Record>(&r).map_or(FastPath::Miss, FastPath::Replay)
