@@ -348,10 +348,10 @@ pub async fn mark_released(pool: &PgPool, order_id: Uuid) -> sqlx::Result<()> {
     Ok(())
 }
 
-/// Cancel reserved orders whose payment window closed; returns how many.
-pub async fn expire_unpaid(pool: &PgPool, limit: i64) -> sqlx::Result<u64> {
-    let done = sqlx::query(
-        "WITH expired AS (
+/// The recovery worker's statement cancelling reserved orders past their payment window and
+/// giving their units back to the purchase totals (`$1`: how many); public so that a test can
+/// check its plan (index `orders_unpaid`).
+pub const EXPIRE_UNPAID_SQL: &str = "WITH expired AS (
              UPDATE orders SET status = 'cancelled', reason = 'payment-timeout', stock_released = false,
                  updated_at = now()
              WHERE id IN (SELECT id FROM orders WHERE status = 'reserved' AND pay_by <= now()
@@ -359,23 +359,29 @@ pub async fn expire_unpaid(pool: &PgPool, limit: i64) -> sqlx::Result<u64> {
              RETURNING user_id, sku, qty),
          per_user AS (SELECT user_id, sku, SUM(qty) AS qty FROM expired GROUP BY 1, 2)
          UPDATE purchase_totals t SET qty = GREATEST(t.qty - p.qty, 0)
-         FROM per_user p WHERE t.user_id = p.user_id AND t.sku = p.sku",
-    )
-    .bind(limit)
-    .execute(pool)
-    .await?;
+         FROM per_user p WHERE t.user_id = p.user_id AND t.sku = p.sku";
+
+/// Cancel reserved orders whose payment window closed; returns how many.
+pub async fn expire_unpaid(pool: &PgPool, limit: i64) -> sqlx::Result<u64> {
+    let done = sqlx::query(EXPIRE_UNPAID_SQL)
+        .bind(limit)
+        .execute(pool)
+        .await?;
     Ok(done.rows_affected())
 }
 
+/// The recovery worker's query for cancelled orders whose stock is not yet released (`$1`:
+/// how many); public so that a test can check its plan (index `orders_unreleased`).
+pub const UNRELEASED_SQL: &str =
+    "SELECT id, sku FROM orders WHERE status = 'cancelled' AND NOT stock_released
+         ORDER BY updated_at LIMIT $1";
+
 /// Cancelled orders whose stock is not yet confirmed released.
 pub async fn unreleased(pool: &PgPool, limit: i64) -> sqlx::Result<Vec<(Uuid, String)>> {
-    sqlx::query_as(
-        "SELECT id, sku FROM orders WHERE status = 'cancelled' AND NOT stock_released
-         ORDER BY updated_at LIMIT $1",
-    )
-    .bind(limit)
-    .fetch_all(pool)
-    .await
+    sqlx::query_as(UNRELEASED_SQL)
+        .bind(limit)
+        .fetch_all(pool)
+        .await
 }
 
 /// Pending orders nobody owns, older than `grace`: take their lease for the worker.

@@ -104,6 +104,7 @@ struct Load {
     users: u64,
     run_time: String,
     phase_time: String,
+    phase_pairs: usize,
     rounds: usize,
     only: Option<String>,
 }
@@ -125,6 +126,10 @@ impl Load {
                 .context("BENCH_SHOP_USERS must be a number")?,
             run_time: var("BENCH_SHOP_RUN_TIME", "12s"),
             phase_time: var("BENCH_SHOP_PHASE_TIME", "10s"),
+            phase_pairs: var("BENCH_SHOP_PHASE_PAIRS", "3")
+                .parse::<usize>()
+                .context("BENCH_SHOP_PHASE_PAIRS must be a number")?
+                .max(1),
             rounds: var("BENCH_SHOP_ROUNDS", "3")
                 .parse()
                 .context("BENCH_SHOP_ROUNDS must be a number")?,
@@ -194,7 +199,7 @@ pub fn run(services: &Services) -> anyhow::Result<Vec<(String, Outcome)>> {
         .filter(|c| load.only.as_deref().is_none_or(|o| c.label.contains(o)))
         .collect();
     let mut rows: Vec<(&Case, Vec<Run>)> = cases.iter().map(|c| (*c, Vec::new())).collect();
-    let mut phase: Option<(Run, Run)> = None;
+    let mut phase: Option<Vec<(Run, Run)>> = None;
     let mut anchors = Vec::new();
     for round in 1..=load.rounds {
         let anchor = hot_row_anchor(services)?;
@@ -241,9 +246,9 @@ pub fn run(services: &Services) -> anyhow::Result<Vec<(String, Outcome)>> {
             runs.push(run);
         }
     }
-    let steps = verdicts(&rows, phase.as_ref());
+    let steps = verdicts(&rows, phase.as_deref());
     drop(masters);
-    let table = table(&load, &rows, &anchors, phase.as_ref());
+    let table = table(&load, &rows, &anchors, phase.as_deref());
     println!("\n{table}");
     let path = dir.join("comparison.md");
     fs::write(&path, &table).with_context(|| format!("writing {}", path.display()))?;
@@ -280,7 +285,7 @@ fn hot_row_anchor(services: &Services) -> anyhow::Result<testkit::anchor::HotRow
 
 /// The bench's steps: each case passed when every sale of it passed its verdict (the negative
 /// control when it failed), and the sold-out phase when both halves ran.
-fn verdicts(rows: &[(&Case, Vec<Run>)], phase: Option<&(Run, Run)>) -> Vec<(String, Outcome)> {
+fn verdicts(rows: &[(&Case, Vec<Run>)], phase: Option<&[(Run, Run)]>) -> Vec<(String, Outcome)> {
     let mut steps = Vec::new();
     for (case, runs) in rows {
         // The negative control is expected to fail its audit; everything else to pass.
@@ -301,14 +306,15 @@ fn verdicts(rows: &[(&Case, Vec<Run>)], phase: Option<&(Run, Run)>) -> Vec<(Stri
         };
         steps.push((case.label.to_owned(), outcome));
     }
-    if let Some((sold_out, trivial)) = phase {
-        let ok = sold_out.passed && trivial.passed;
+    if let Some(pairs) = phase {
+        let failed = pairs
+            .iter()
+            .find(|(sold_out, trivial)| !(sold_out.passed && trivial.passed));
         steps.push((
             "sold-out phase".to_owned(),
-            if ok {
-                Outcome::Passed
-            } else {
-                Outcome::Failed(sold_out.exit)
+            match failed {
+                None => Outcome::Passed,
+                Some((sold_out, _)) => Outcome::Failed(sold_out.exit),
             },
         ));
     }
@@ -363,17 +369,40 @@ fn sale_args(load: &Load, case: &Case, sku: &str) -> Vec<String> {
 }
 
 /// The sold-out phase: order requests for an item with no stock left (every answer a 409
-/// from the fast paths) against the gateway's own `/healthz`, same users, same shop.
+/// from the fast paths) against the gateway's own `/healthz`, same users, same shop, in
+/// `phase_pairs` alternating pairs, so that drift of a shared machine falls on both halves.
 fn sold_out_phase(
     load: &Load,
     loadtest: &Path,
     shop: &Shop,
     options: &ShopOptions,
     dir: &Path,
-) -> anyhow::Result<(Run, Run)> {
+) -> anyhow::Result<Vec<(Run, Run)>> {
     println!(
-        "==> sold-out phase: order requests on a sold-out item vs GET /healthz on the gateway"
+        "==> sold-out phase: order requests on a sold-out item vs GET /healthz on the gateway, \
+         {} alternating pair(s)",
+        load.phase_pairs
     );
+    let mut pairs = Vec::new();
+    for pair in 1..=load.phase_pairs {
+        if crate::interrupted() {
+            break;
+        }
+        let dir = dir.join(format!("sold-out-phase-{pair}"));
+        pairs.push(sold_out_pair(load, loadtest, shop, options, &dir, pair)?);
+    }
+    Ok(pairs)
+}
+
+/// One pair of the sold-out phase: the sold-out half, then the `/healthz` half.
+fn sold_out_pair(
+    load: &Load,
+    loadtest: &Path,
+    shop: &Shop,
+    options: &ShopOptions,
+    dir: &Path,
+    pair: usize,
+) -> anyhow::Result<(Run, Run)> {
     let users = load.users.to_string();
     let common = [
         "--users",
@@ -385,7 +414,7 @@ fn sold_out_phase(
         "--settle",
         "5s",
     ];
-    let sku = format!("bench-{}-soldout", std::process::id());
+    let sku = format!("bench-{}-soldout-{pair}", std::process::id());
     let mut sold_out_args: Vec<String> = [
         "--scenario",
         "flash-sale",
@@ -495,7 +524,7 @@ fn table(
     load: &Load,
     rows: &[(&Case, Vec<Run>)],
     anchors: &[f64],
-    phase: Option<&(Run, Run)>,
+    phase: Option<&[(Run, Run)]>,
 ) -> String {
     let base: Option<&Vec<Run>> = rows
         .iter()
@@ -580,28 +609,26 @@ fn table_row(case: &Case, runs: &[Run], base: Option<&Vec<Run>>, anchors: &[f64]
     line
 }
 
-/// The sold-out phase's line: rejections through the gateway against its own `/healthz`.
-fn sold_out_phase_line(load: &Load, (sold_out, trivial): &(Run, Run)) -> String {
+/// The sold-out phase's line: rejections through the gateway against its own `/healthz`,
+/// medians (range) over the pairs; the ratio is taken within each pair.
+fn sold_out_phase_line(load: &Load, pairs: &[(Run, Run)]) -> String {
     let mut line = String::new();
-    let ratio = if trivial.requests_per_sec > 0.0 {
-        format!(
-            "{:.2}",
-            sold_out.requests_per_sec / trivial.requests_per_sec
-        )
-    } else {
-        "-".to_owned()
-    };
+    let of = |f: fn(&(Run, Run)) -> Option<f64>| pairs.iter().filter_map(f).collect::<Vec<_>>();
+    let ratios =
+        of(|(s, t)| (t.requests_per_sec > 0.0).then(|| s.requests_per_sec / t.requests_per_sec));
     let _ = writeln!(
         line,
-        "\nSold-out phase (segmented S=8 shop, {} users for {} each): order requests on a \
-         sold-out item {:.0} req/s (p99 {}) vs the gateway's own GET /healthz {:.0} req/s \
-         (p99 {}): ratio {ratio}.",
+        "\nSold-out phase (segmented S=8 shop, {} users, {} alternating pair(s) of {} each): \
+         order requests on a sold-out item {} req/s (p99 {} ms) vs the gateway's own GET \
+         /healthz {} req/s (p99 {} ms): ratio {}.",
         load.users,
+        pairs.len(),
         load.phase_time,
-        sold_out.requests_per_sec,
-        ms(sold_out.sold_out_p99_ms),
-        trivial.requests_per_sec,
-        ms(trivial.healthz_p99_ms),
+        spread(of(|(s, _)| Some(s.requests_per_sec)), 0, ""),
+        spread(of(|(s, _)| s.sold_out_p99_ms), 0, ""),
+        spread(of(|(_, t)| Some(t.requests_per_sec)), 0, ""),
+        spread(of(|(_, t)| t.healthz_p99_ms), 0, ""),
+        spread(ratios, 2, ""),
     );
     line
 }
@@ -667,6 +694,7 @@ mod tests {
             users: 2,
             run_time: "1s".into(),
             phase_time: "1s".into(),
+            phase_pairs: 1,
             rounds: 2,
             only: None,
         };
