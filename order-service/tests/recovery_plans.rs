@@ -7,7 +7,6 @@
 
 use serde_json::Value;
 use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
 
 /// Orders of each kind that a pass must not read.
 const KEPT: i64 = 20_000;
