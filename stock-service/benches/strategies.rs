@@ -81,6 +81,10 @@ const ANCHOR_DURATION: Duration = Duration::from_secs(3);
 /// How many unexpected answers to print per run.
 const ERROR_SAMPLES: usize = 3;
 
+/// The service's own allocator (see `src/main.rs`), so that the bench measures what ships.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<ExitCode> {
     // `cargo bench` passes `--bench` (and any filter); this binary takes its settings from the
