@@ -17,6 +17,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
+use support::files::{display, normalize, root};
 use support::metrics::{self, Kind};
 use support::service_config::{SERVICE_TARGETS, environment_problems};
 
@@ -1810,36 +1811,6 @@ fn seconds(duration: &str) -> Option<f64> {
 
 // ---------------------------------------------------------------------------------------
 // Files.
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap_or_else(|| panic!("xtask has no parent directory"))
-        .to_owned()
-}
-
-/// Removes `.` and `..` components without touching the file system.
-fn normalize(path: &Path) -> PathBuf {
-    let mut out = PathBuf::new();
-    for part in path.components() {
-        match part {
-            std::path::Component::CurDir => {}
-            std::path::Component::ParentDir => {
-                out.pop();
-            }
-            other => out.push(other),
-        }
-    }
-    out
-}
-
-/// `path` relative to the workspace root, for messages.
-fn display(path: &Path) -> String {
-    path.strip_prefix(root())
-        .unwrap_or(path)
-        .display()
-        .to_string()
-}
 
 fn read(relative: &str) -> String {
     let path = root().join(relative);

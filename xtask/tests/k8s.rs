@@ -26,6 +26,7 @@ use std::sync::OnceLock;
 use serde_json::Value;
 use service_kit::config::Env;
 
+use support::files::{display, normalize, root};
 use support::service_config::{SERVICE_TARGETS, environment_problems};
 
 /// The Kubernetes versions the manifests are validated against: the oldest they target (the
@@ -1673,36 +1674,6 @@ impl Dockerfile {
 
 // ---------------------------------------------------------------------------------------
 // Files.
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap_or_else(|| panic!("xtask has no parent directory"))
-        .to_owned()
-}
-
-/// Removes `.` and `..` components without touching the file system.
-fn normalize(path: &Path) -> PathBuf {
-    let mut out = PathBuf::new();
-    for part in path.components() {
-        match part {
-            std::path::Component::CurDir => {}
-            std::path::Component::ParentDir => {
-                out.pop();
-            }
-            other => out.push(other),
-        }
-    }
-    out
-}
-
-/// `path` relative to the workspace root, for messages.
-fn display(path: &Path) -> String {
-    path.strip_prefix(root())
-        .unwrap_or(path)
-        .display()
-        .to_string()
-}
 
 fn read(relative: &str) -> String {
     read_path(&root().join(relative))

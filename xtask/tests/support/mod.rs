@@ -1,4 +1,5 @@
 //! Shared by the integration tests of xtask (`mod support;`).
 
+pub mod files;
 pub mod metrics;
 pub mod service_config;
