@@ -15,6 +15,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::http::{HeaderMap, header};
 use jsonwebtoken::errors::ErrorKind;
+
+use crate::idp::IdpKeys;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
@@ -110,14 +112,21 @@ pub enum KeyError {
     Sign(#[source] jsonwebtoken::errors::Error),
 }
 
-/// Signing and verification keys with the validation rules.
-pub struct TokenKeys {
+/// The gateway's own HS256 keys (the demo login's tokens).
+struct OwnKeys {
     encoding: EncodingKey,
     decoding: DecodingKey,
     validation: Validation,
+}
+
+/// Signing and verification keys with the validation rules: the gateway's own HS256 key (when
+/// the demo login is on) and an identity provider's public keys (when configured).
+pub struct TokenKeys {
+    own: Option<OwnKeys>,
+    idp: Option<IdpKeys>,
     issuer: String,
     ttl_secs: u64,
-    /// Tokens that verified, with who they name and when they expire.
+    /// Tokens that verified, with who they name and until when they may be used.
     verified: quick_cache::sync::Cache<String, (Identity, u64)>,
 }
 
@@ -133,19 +142,25 @@ impl std::fmt::Debug for TokenKeys {
 impl TokenKeys {
     /// Keys for `secret`, issuing tokens from `issuer` valid for `ttl_secs`.
     pub fn new(secret: Option<&Secret>, issuer: &str, ttl_secs: u64) -> Result<Self, KeyError> {
-        let secret = secret.ok_or(KeyError::NoSecret)?.expose().as_bytes();
-        if secret.len() < MIN_SECRET_BYTES {
-            return Err(KeyError::ShortSecret);
+        let secret = secret.ok_or(KeyError::NoSecret)?;
+        Self::with_provider(Some(secret), None, issuer, ttl_secs)
+    }
+
+    /// Keys for `secret` (the demo login's; `None` when it is off) and the identity provider
+    /// `idp`; at least one of them.
+    pub fn with_provider(
+        secret: Option<&Secret>,
+        idp: Option<IdpKeys>,
+        issuer: &str,
+        ttl_secs: u64,
+    ) -> Result<Self, KeyError> {
+        if secret.is_none() && idp.is_none() {
+            return Err(KeyError::NoSecret);
         }
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = 0;
-        validation.validate_aud = false;
-        validation.set_required_spec_claims(&["exp", "sub", "iss"]);
-        validation.set_issuer(&[issuer]);
+        let own = secret.map(|s| own_keys(s, issuer)).transpose()?;
         Ok(Self {
-            encoding: EncodingKey::from_secret(secret),
-            decoding: DecodingKey::from_secret(secret),
-            validation,
+            own,
+            idp,
             issuer: issuer.to_owned(),
             ttl_secs,
             verified: quick_cache::sync::Cache::new(VERIFIED_CACHE_ENTRIES),
@@ -157,8 +172,10 @@ impl TokenKeys {
         self.ttl_secs
     }
 
-    /// Issues a token for `user` with `role`.
+    /// Issues a token for `user` with `role` (the demo login's; [`KeyError::NoSecret`] when
+    /// the gateway has no key of its own).
     pub fn issue(&self, user: &str, role: Role) -> Result<String, KeyError> {
+        let own = self.own.as_ref().ok_or(KeyError::NoSecret)?;
         let now = now_secs();
         let claims = Claims {
             sub: user.to_owned(),
@@ -167,7 +184,7 @@ impl TokenKeys {
             iat: now,
             exp: now.saturating_add(self.ttl_secs),
         };
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &own.encoding)
             .map_err(KeyError::Sign)
     }
 
@@ -189,32 +206,15 @@ impl TokenKeys {
         Ok(identity)
     }
 
-    /// Checks `token`'s signature and claims; who it names and its expiry.
+    /// Checks `token`'s signature and claims with the key its header names; who it names and
+    /// until when it may be used.
     fn check(&self, token: &str) -> Result<(Identity, u64), TokenError> {
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
-            .map_err(|e| match e.kind() {
-                ErrorKind::InvalidAlgorithm
-                | ErrorKind::InvalidAlgorithmName
-                | ErrorKind::UnsupportedAlgorithm
-                | ErrorKind::MissingAlgorithm => TokenError::WrongAlgorithm,
-                ErrorKind::InvalidSignature => TokenError::BadSignature,
-                ErrorKind::ExpiredSignature => TokenError::Expired,
-                ErrorKind::MissingRequiredClaim(_)
-                | ErrorKind::InvalidClaimFormat(_)
-                | ErrorKind::InvalidIssuer
-                | ErrorKind::InvalidSubject
-                | ErrorKind::ImmatureSignature => TokenError::BadClaims,
-                _ => TokenError::Malformed,
-            })?;
-        let claims = data.claims;
-        if !is_valid_user_id(&claims.sub) {
-            return Err(TokenError::BadClaims);
+        let header = jsonwebtoken::decode_header(token).map_err(|e| token_error(&e))?;
+        match (header.alg, &self.own, &self.idp) {
+            (Algorithm::HS256, Some(own), _) => check_own(own, token),
+            (Algorithm::RS256 | Algorithm::ES256, _, Some(idp)) => idp.verify(token, &header),
+            _ => Err(TokenError::WrongAlgorithm),
         }
-        let identity = Identity {
-            user: claims.sub,
-            role: claims.role,
-        };
-        Ok((identity, claims.exp))
     }
 
     /// The identity in the request's `Authorization: Bearer` header: `Ok(None)` without the
@@ -248,6 +248,57 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         return false;
     }
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn own_keys(secret: &Secret, issuer: &str) -> Result<OwnKeys, KeyError> {
+    let secret = secret.expose().as_bytes();
+    if secret.len() < MIN_SECRET_BYTES {
+        return Err(KeyError::ShortSecret);
+    }
+    let mut validation = Validation::new(Algorithm::HS256);
+    validation.leeway = 0;
+    validation.validate_aud = false;
+    validation.set_required_spec_claims(&["exp", "sub", "iss"]);
+    validation.set_issuer(&[issuer]);
+    Ok(OwnKeys {
+        encoding: EncodingKey::from_secret(secret),
+        decoding: DecodingKey::from_secret(secret),
+        validation,
+    })
+}
+
+/// An HS256 token of the gateway's own.
+fn check_own(own: &OwnKeys, token: &str) -> Result<(Identity, u64), TokenError> {
+    let claims = jsonwebtoken::decode::<Claims>(token, &own.decoding, &own.validation)
+        .map_err(|e| token_error(&e))?
+        .claims;
+    if !is_valid_user_id(&claims.sub) {
+        return Err(TokenError::BadClaims);
+    }
+    let identity = Identity {
+        user: claims.sub,
+        role: claims.role,
+    };
+    Ok((identity, claims.exp))
+}
+
+/// The refusal for a token jsonwebtoken did not accept.
+pub(crate) fn token_error(e: &jsonwebtoken::errors::Error) -> TokenError {
+    match e.kind() {
+        ErrorKind::InvalidAlgorithm
+        | ErrorKind::InvalidAlgorithmName
+        | ErrorKind::UnsupportedAlgorithm
+        | ErrorKind::MissingAlgorithm => TokenError::WrongAlgorithm,
+        ErrorKind::InvalidSignature => TokenError::BadSignature,
+        ErrorKind::ExpiredSignature => TokenError::Expired,
+        ErrorKind::MissingRequiredClaim(_)
+        | ErrorKind::InvalidClaimFormat(_)
+        | ErrorKind::InvalidIssuer
+        | ErrorKind::InvalidAudience
+        | ErrorKind::InvalidSubject
+        | ErrorKind::ImmatureSignature => TokenError::BadClaims,
+        _ => TokenError::Malformed,
+    }
 }
 
 fn now_secs() -> u64 {

@@ -238,6 +238,11 @@ pub struct AuthConfig {
     pub issuer: String,
     /// Password of the `admin` user; `ADMIN_PASSWORD` overrides it; unset: no admin logins.
     pub admin_password: Option<Secret>,
+    /// Serve the demo login `POST /api/login` (HS256 tokens signed with `jwt_secret`). Off, it
+    /// answers 404 and no HS256 token is accepted: only the identity provider's tokens are.
+    pub login: bool,
+    /// Tokens of a real identity provider (RS256/ES256), checked against its public keys.
+    pub identity_provider: Option<IdentityProviderConfig>,
 }
 
 impl Default for AuthConfig {
@@ -247,8 +252,30 @@ impl Default for AuthConfig {
             token_ttl_secs: 3600,
             issuer: "seckill-gateway".to_owned(),
             admin_password: None,
+            login: true,
+            identity_provider: None,
         }
     }
+}
+
+/// An identity provider whose tokens the gateway accepts (`[auth.identity_provider]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityProviderConfig {
+    /// Its public keys: a JWKS document (RFC 7517), as the provider publishes at its
+    /// `jwks_uri`. Re-read on every reload (SIGHUP), so a key rotation is a file update.
+    pub jwks_file: PathBuf,
+    /// The `iss` its tokens must carry.
+    pub issuer: String,
+    /// The `aud` its tokens must carry (this API's identifier at the provider).
+    pub audience: String,
+    /// Clock skew forgiven on `exp`, in seconds (the provider's clock is not ours).
+    #[serde(default = "default_leeway_secs")]
+    pub leeway_secs: u64,
+}
+
+fn default_leeway_secs() -> u64 {
+    30
 }
 
 /// The built-in live dashboard: `GET /dashboard` and its data, sampled in the background.
@@ -436,6 +463,18 @@ impl FileConfig {
         if self.auth.token_ttl_secs == 0 {
             return Err(ConfigFileError::invalid(
                 "auth.token_ttl_secs must be positive",
+            ));
+        }
+        if !self.auth.login && self.auth.identity_provider.is_none() {
+            return Err(ConfigFileError::invalid(
+                "auth.login = false needs an [auth.identity_provider]: no token could be valid",
+            ));
+        }
+        if let Some(idp) = &self.auth.identity_provider
+            && (idp.issuer.is_empty() || idp.audience.is_empty())
+        {
+            return Err(ConfigFileError::invalid(
+                "auth.identity_provider: issuer and audience must not be empty",
             ));
         }
         self.dashboard.validate(&self.routes)?;

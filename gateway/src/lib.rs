@@ -14,6 +14,7 @@ pub mod dashboard;
 pub mod error;
 pub mod forward_headers;
 mod health_check;
+pub mod idp;
 pub mod login;
 pub mod metrics;
 pub mod proxy;

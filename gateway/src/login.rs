@@ -3,7 +3,8 @@
 //! `{"user": "alice"}` gets a `user` token for any well-formed user id (1–64 characters of
 //! `A-Z a-z 0-9 . _ - @`); `{"user": "admin", "password": "…"}` gets an `admin` token when
 //! the password matches `ADMIN_PASSWORD` (compared in constant time). Logins are rate-limited
-//! by client IP like anonymous requests.
+//! by client IP like anonymous requests. With `auth.login = false` (a real identity provider
+//! issues the tokens) the route answers 404.
 
 use std::net::SocketAddr;
 
@@ -67,6 +68,8 @@ pub(crate) async fn login(
                 .rate_limited(ROUTE, limited.scope.as_str());
             GatewayError::RateLimited(limited).into_response()
         }
+        // The demo login switched off: as if the route did not exist.
+        Ok(()) if !runtime.file.auth.login => GatewayError::NoRoute.into_response(),
         Ok(()) => match body {
             Err(problem) => problem.into_response(),
             Ok(Json(request)) => match issue(&gateway, &request) {

@@ -13,8 +13,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use crate::auth::TokenKeys;
+use crate::auth::{KeyError, TokenKeys};
 use crate::config::{ConfigFileError, FileConfig, Secret, UpstreamUrl};
+use crate::idp::IdpKeys;
 use crate::rate_limit::RateLimits;
 use crate::routes::{Canary, Route, RouteTable};
 use crate::settings::GatewaySettings;
@@ -60,6 +61,48 @@ pub fn http_client(connect_timeout: Duration) -> HttpClient {
         .build(connector)
 }
 
+/// The token keys `file` and `settings` describe: the demo login's HS256 key when the login
+/// is on, the identity provider's public keys (its JWKS file read now) when configured.
+fn token_keys(file: &FileConfig, settings: &GatewaySettings) -> Result<TokenKeys, ConfigFileError> {
+    let auth = &file.auth;
+    let secret = auth
+        .login
+        .then(|| settings.jwt_secret.as_ref().or(auth.jwt_secret.as_ref()))
+        .flatten();
+    if auth.login && secret.is_none() {
+        return Err(ConfigFileError::Invalid(
+            KeyError::NoSecret.to_string() + " (or auth.login = false with an identity provider)",
+        ));
+    }
+    let idp = match &auth.identity_provider {
+        None => None,
+        Some(idp) => {
+            let path = match &settings.config_path {
+                Some(config) if idp.jwks_file.is_relative() => config
+                    .parent()
+                    .map_or_else(|| idp.jwks_file.clone(), |dir| dir.join(&idp.jwks_file)),
+                _ => idp.jwks_file.clone(),
+            };
+            let jwks = std::fs::read_to_string(&path).map_err(|e| {
+                ConfigFileError::Invalid(format!(
+                    "auth.identity_provider.jwks_file {}: {e}",
+                    path.display()
+                ))
+            })?;
+            let keys = IdpKeys::from_jwks(&jwks, &idp.issuer, &idp.audience, idp.leeway_secs)
+                .map_err(|e| {
+                    ConfigFileError::Invalid(format!(
+                        "auth.identity_provider.jwks_file {}: {e}",
+                        path.display()
+                    ))
+                })?;
+            Some(keys)
+        }
+    };
+    TokenKeys::with_provider(secret, idp, &auth.issuer, auth.token_ttl_secs)
+        .map_err(|e| ConfigFileError::Invalid(e.to_string()))
+}
+
 impl Runtime {
     /// Builds the state for `file`, with the environment's overrides, reusing what it can of
     /// `previous`.
@@ -68,12 +111,7 @@ impl Runtime {
         settings: &GatewaySettings,
         previous: Option<&Runtime>,
     ) -> Result<Self, ConfigFileError> {
-        let secret = settings
-            .jwt_secret
-            .as_ref()
-            .or(file.auth.jwt_secret.as_ref());
-        let tokens = TokenKeys::new(secret, &file.auth.issuer, file.auth.token_ttl_secs)
-            .map_err(|e| ConfigFileError::Invalid(e.to_string()))?;
+        let tokens = token_keys(&file, settings)?;
         let admin_password = settings
             .admin_password
             .clone()

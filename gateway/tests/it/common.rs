@@ -22,6 +22,7 @@ pub struct Config {
     pools: String,
     routes: String,
     rate_limit: String,
+    auth: String,
 }
 
 impl Config {
@@ -41,6 +42,7 @@ impl Config {
             pools: pools.to_owned(),
             routes: routes.to_owned(),
             rate_limit: "per_user_per_second = 0\nglobal_per_second = 0".to_owned(),
+            auth: String::new(),
         }
     }
 
@@ -56,6 +58,12 @@ impl Config {
         self
     }
 
+    /// Sets the body of the `[auth]` table (and its subtables, after it).
+    pub fn auth(mut self, body: &str) -> Self {
+        body.clone_into(&mut self.auth);
+        self
+    }
+
     /// The TOML text.
     pub fn render(&self) -> String {
         let upstreams: String = self
@@ -64,8 +72,8 @@ impl Config {
             .map(|(k, v)| format!("{k} = {v}\n"))
             .collect();
         format!(
-            "reload_interval_ms = 100\n[upstreams]\n{upstreams}[rate_limit]\n{}\n[pools]\n{}\n{}\n",
-            self.rate_limit, self.pools, self.routes
+            "reload_interval_ms = 100\n[upstreams]\n{upstreams}[rate_limit]\n{}\n[pools]\n{}\n{}\n[auth]\n{}\n",
+            self.rate_limit, self.pools, self.routes, self.auth
         )
     }
 }

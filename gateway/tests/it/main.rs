@@ -10,6 +10,7 @@ mod balancing;
 mod canary;
 mod dashboard;
 mod headers;
+mod identity_provider;
 mod limits;
 mod metrics;
 mod orders;
