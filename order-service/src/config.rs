@@ -49,6 +49,13 @@ pub struct OrderConfig {
     /// Most concurrent claims (and settles) of one item in one transaction
     /// (`ORDER_BATCH_MAX`, default 64, 1 to 1000; 1: each order alone).
     pub batch_max: usize,
+    /// Replicas that must acknowledge a key's in-flight marker before its claim is made
+    /// (`REDIS_MARKER_REPLICAS`, default 0: no wait), within `marker_replica_wait`
+    /// (`REDIS_MARKER_WAIT_MS`, default 100). With replicas and failover, a marker the promoted
+    /// replica never received is a marker lost (docs/reliability.md).
+    pub marker_replicas: u32,
+    /// See `marker_replicas`.
+    pub marker_replica_wait: Duration,
 }
 
 impl OrderConfig {
@@ -95,6 +102,8 @@ impl OrderConfig {
                 .raw("ORDER_KEY_PREFIX")?
                 .unwrap_or_else(|| "orders".into()),
             batch_max: env.parse_within("ORDER_BATCH_MAX", 64, 1..=1000)?,
+            marker_replicas: env.parse_within("REDIS_MARKER_REPLICAS", 0, 0..=16)?,
+            marker_replica_wait: env.millis("REDIS_MARKER_WAIT_MS", 100)?,
         })
     }
 }

@@ -106,6 +106,9 @@ pub struct ReplayCache {
     /// `<ORDER_KEY_PREFIX>:idem`: shops sharing one Redis keep their records (and their
     /// completeness markers) apart.
     idem: String,
+    /// Replicas that must acknowledge an in-flight marker, and for how long to wait (0: none).
+    marker_replicas: u32,
+    marker_wait: Duration,
 }
 
 /// What a key's record holds while its first attempt may still be in flight: written before
@@ -124,7 +127,18 @@ impl ReplayCache {
             ttl,
             stock_prefix: stock_prefix.to_owned(),
             idem: format!("{prefix}:idem"),
+            marker_replicas: 0,
+            marker_wait: Duration::ZERO,
         }
+    }
+
+    /// Make [`ReplayCache::mark_in_flight`] wait until `replicas` replicas hold the marker
+    /// (Redis `WAIT`, at most `wait`), and fail when fewer do.
+    #[must_use]
+    pub fn with_marker_replicas(mut self, replicas: u32, wait: Duration) -> Self {
+        self.marker_replicas = replicas;
+        self.marker_wait = wait;
+        self
     }
 
     fn record_key(&self, user: &str, key: &str) -> String {
@@ -173,16 +187,38 @@ impl ReplayCache {
     /// is already there (a marker, or a final response) stays. An error means the claim must
     /// not be made: without the marker the fast path could later answer "sold out" for a key
     /// that has an order.
+    /// With replicas configured ([`ReplayCache::with_marker_replicas`]), the marker counts only
+    /// once that many replicas acknowledged it: a failover to a replica without it would lose it.
     pub async fn mark_in_flight(&self, user: &str, key: &str) -> redis::RedisResult<()> {
         let mut conn = self.conn.clone();
+        let record = self.record_key(user, key);
         let _: Option<String> = redis::cmd("SET")
-            .arg(self.record_key(user, key))
+            .arg(&record)
             .arg(IN_FLIGHT)
             .arg("NX")
             .arg("EX")
             .arg(self.ttl.as_secs().max(1))
             .query_async(&mut conn)
             .await?;
+        if self.marker_replicas == 0 {
+            return Ok(());
+        }
+        // WAIT covers every earlier write of this connection, the marker (or the record that
+        // was already there) included; on a cluster it runs on the master of the marker's slot.
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(self.marker_replicas).arg(
+            u64::try_from(self.marker_wait.as_millis())
+                .unwrap_or(u64::MAX)
+                .max(1),
+        );
+        let acked: i64 = conn.query_for_key(&wait, &record).await?;
+        if acked < i64::from(self.marker_replicas) {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::Client,
+                "in-flight marker not replicated",
+                format!("{acked} of {} replicas acknowledged", self.marker_replicas),
+            )));
+        }
         Ok(())
     }
 

@@ -62,7 +62,8 @@ pub async fn connect(config: OrderConfig) -> anyhow::Result<Orders> {
         config.idempotency_ttl,
         &config.stock_key_prefix,
         &config.order_key_prefix,
-    );
+    )
+    .with_marker_replicas(config.marker_replicas, config.marker_replica_wait);
     let groups = std::sync::Arc::new(group::Groups::new(config.batch_max));
     let orders = Orders {
         groups,
