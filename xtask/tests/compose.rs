@@ -34,6 +34,8 @@ const NO_HEALTHCHECK: &[(&str, &str)] = &[(
 const OTLP_HTTP_PORT: u16 = 4318;
 
 const COMPOSE: &str = "compose.yaml";
+/// The override that runs the shop on a 3-master Redis Cluster.
+const REDIS_CLUSTER_OVERRIDE: &str = "compose.redis-cluster.yaml";
 const ENV_EXAMPLE: &str = ".env.example";
 const DOCKERFILE: &str = "infra/docker/Dockerfile";
 const COMPOSE_SCHEMA: &str = "infra/schema/compose-spec.json";
@@ -966,6 +968,125 @@ fn otel_collector_receives_otlp_and_exports_traces_to_jaeger() {
 }
 
 #[test]
+fn the_redis_cluster_override_puts_every_service_on_three_joined_masters() {
+    let base = Compose::load();
+    let cluster = Compose::load_file(REDIS_CLUSTER_OVERRIDE);
+    let schema: Value = serde_json::from_str(&read(COMPOSE_SCHEMA)).expect("schema");
+    let validator = jsonschema::validator_for(&schema).expect("validator");
+    let mut problems: Vec<String> = validator
+        .iter_errors(&cluster.doc)
+        .map(|e| format!("schema, at {}: {e}", e.instance_path()))
+        .collect();
+    let command = |service: &Value| -> String {
+        match service.get("command") {
+            Some(Value::Array(items)) => items.iter().map(scalar).collect::<Vec<_>>().join(" "),
+            Some(other) => scalar(other),
+            None => String::new(),
+        }
+    };
+    let nodes: Vec<String> = cluster
+        .services()
+        .into_iter()
+        .filter(|(_, s)| command(s).contains("--cluster-enabled yes"))
+        .map(|(name, _)| name.clone())
+        .collect();
+    if nodes.len() != 3 {
+        problems.push(format!("expected 3 cluster-enabled nodes, found {nodes:?}"));
+    }
+    for name in &nodes {
+        let node = cluster.service(name).expect("node");
+        let cmd = command(node);
+        for needed in [
+            format!("--cluster-announce-hostname {name}"),
+            "--requirepass".to_owned(),
+            "--masterauth".to_owned(),
+        ] {
+            if !cmd.contains(&needed) {
+                problems.push(format!("{name}: its command lacks {needed}"));
+            }
+        }
+        for key in ["healthcheck", "restart", "logging"] {
+            if node.get(key).is_none() {
+                problems.push(format!("{name}: no {key}"));
+            }
+        }
+    }
+    let init = cluster.service("redis-cluster-init");
+    let init_cmd = init.map(command).unwrap_or_default();
+    let create: String = nodes.iter().map(|n| format!(" {n}:6379")).collect();
+    if !init_cmd.contains(&format!("--cluster create{create}")) {
+        problems.push(format!(
+            "redis-cluster-init does not join {nodes:?}: {init_cmd:?}"
+        ));
+    }
+    let init_deps = init.map(depends_on).unwrap_or_default();
+    for name in &nodes {
+        if !init_deps.contains(&(name.clone(), "service_healthy".to_owned())) {
+            problems.push(format!(
+                "redis-cluster-init does not wait for {name} to be healthy"
+            ));
+        }
+    }
+    // Every service of compose.yaml that reads REDIS_URL moves to the cluster, and its merged
+    // environment still loads with its own configuration loader.
+    for (name, service) in base.services() {
+        let Some(target) = base.runs_target(service) else {
+            continue;
+        };
+        let mut vars = environment(service);
+        if !SERVICE_TARGETS.contains(&target) || !vars.contains_key("REDIS_URL") {
+            continue;
+        }
+        let Some(over) = cluster.service(name) else {
+            problems.push(format!(
+                "{name} reads REDIS_URL but the override leaves it on one Redis"
+            ));
+            continue;
+        };
+        vars.extend(environment(over));
+        let url = vars.get("REDIS_URL").cloned().unwrap_or_default();
+        match rlock::RedisTarget::parse(&url) {
+            rlock::RedisTarget::Cluster(seeds) => {
+                let hosts: Vec<String> = seeds
+                    .iter()
+                    .filter_map(|s| {
+                        s.rsplit_once('@')
+                            .map(|(_, h)| h.trim_end_matches('/').to_owned())
+                    })
+                    .collect();
+                let expected: Vec<String> = nodes.iter().map(|n| format!("{n}:6379")).collect();
+                if hosts != expected {
+                    problems.push(format!(
+                        "{name}: REDIS_URL seeds {hosts:?}, not {expected:?} (with the password)"
+                    ));
+                }
+            }
+            rlock::RedisTarget::Single(_) => {
+                problems.push(format!("{name}: REDIS_URL {url} is not a cluster URL"));
+            }
+        }
+        if !depends_on(over).contains(&(
+            "redis-cluster-init".to_owned(),
+            "service_completed_successfully".to_owned(),
+        )) {
+            problems.push(format!(
+                "{name}: does not wait for redis-cluster-init to complete"
+            ));
+        }
+        problems.extend(environment_problems(name, target, &vars, |path| {
+            let host = host_path(service, &path.to_string_lossy())
+                .ok_or_else(|| format!("{} is not a mounted file", path.display()))?;
+            std::fs::read_to_string(&host)
+                .map_err(|e| format!("cannot read {}: {e}", host.display()))
+        }));
+    }
+    assert_problems(
+        &format!("{REDIS_CLUSTER_OVERRIDE} does not put the shop on a Redis Cluster"),
+        problems,
+    );
+}
+
+#[test]
 fn promql_parsing_finds_metrics_and_labels() {
     let p = parse_promql(
         r#"histogram_quantile(0.99, sum by (le, strategy) (rate(stock_lock_wait_duration_seconds_bucket{acquired="false", segment=~"1|2"}[$__rate_interval]))) / on(job) group_left up_down offset 5m"#,
@@ -1023,11 +1144,16 @@ struct Compose {
 
 impl Compose {
     fn load() -> Self {
-        let raw = yaml(COMPOSE);
+        Self::load_file(COMPOSE)
+    }
+
+    /// `relative` (compose.yaml or an override of it), interpolated from `.env.example`.
+    fn load_file(relative: &str) -> Self {
+        let raw = yaml(relative);
         let vars = dotenv(&read(ENV_EXAMPLE));
         let mut references = BTreeMap::new();
         let doc = resolve(&raw, &vars, &mut references)
-            .unwrap_or_else(|e| panic!("{COMPOSE}: interpolation failed: {e}"));
+            .unwrap_or_else(|e| panic!("{relative}: interpolation failed: {e}"));
         Self {
             doc,
             vars,
