@@ -84,6 +84,7 @@ fn scenarios() -> Vec<Fault> {
             process: "order-service-1",
         },
         Fault::Kill { process: "gateway" },
+        Fault::Pause { process: "gateway" },
         Fault::RedisFlush,
         Fault::RedisRestartedEmpty,
         Fault::PostgresRestarted,
