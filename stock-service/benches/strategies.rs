@@ -31,6 +31,7 @@
 //! | `BENCH_INSTANCES` | 2 | service instances per strategy |
 //! | `BENCH_RMW_DELAY_MS` | 0 | the services' `RMW_DELAY_MS` |
 //! | `BENCH_STRATEGIES` | all seven | comma-separated `STOCK_STRATEGY` values |
+//! | `BENCH_CLUSTER` | `segmented,redis-atomic` | of those, the ones also run on a throwaway 3-master Redis Cluster (empty: none) |
 //! | `BENCH_SEGMENT_SWEEP` | `1,4,16` | extra `segmented` runs with these segment counts (empty: none) |
 //! | `BENCH_ROUNDS` | 1 | sell-outs per strategy, interleaved; the table shows medians and ranges |
 //! | `BENCH_BATCH_MAX` | 64 | the services' `STOCK_BATCH_MAX` (group deduction) |
@@ -98,9 +99,11 @@ async fn main() -> anyhow::Result<ExitCode> {
     println!();
 
     let masters = redlock_masters(&opts)?;
+    let cluster = redis_cluster(&opts)?;
     let bench = Bench {
         opts: &opts,
         database_url: &database_url,
+        cluster_url: cluster.as_ref().map(testkit::RedisCluster::url),
         redlock_urls: masters
             .iter()
             .map(RedisServer::url)
@@ -119,6 +122,7 @@ async fn main() -> anyhow::Result<ExitCode> {
     }
     let results = bench.rounds().await;
     drop(masters);
+    drop(cluster);
 
     let rows: Vec<(&Run, Row)> = opts
         .runs
@@ -155,17 +159,40 @@ fn redlock_masters(opts: &Options) -> anyhow::Result<Vec<RedisServer>> {
     Ok(servers)
 }
 
+/// A throwaway 3-master Redis Cluster when a run is on the list that needs one.
+fn redis_cluster(opts: &Options) -> anyhow::Result<Option<testkit::RedisCluster>> {
+    if !opts.runs.iter().any(|r| r.cluster) {
+        return Ok(None);
+    }
+    let cluster = testkit::RedisCluster::start(3).context("starting a 3-master Redis Cluster")?;
+    eprintln!("cluster: 3 throwaway masters at {}", cluster.url());
+    Ok(Some(cluster))
+}
+
 /// What every sell-out of one bench run shares.
 struct Bench<'a> {
     opts: &'a Options,
     database_url: &'a str,
+    /// The 3-master cluster's `REDIS_URL`, when a run needs it.
+    cluster_url: Option<String>,
     redlock_urls: String,
     meter: &'a LockWaitMeter,
 }
 
 impl Bench<'_> {
     async fn sell_out(&self, opts: &Options, run: &Run) -> anyhow::Result<Measured> {
-        sell_out(opts, run, self.database_url, &self.redlock_urls, self.meter).await
+        let redis_url = match (&self.cluster_url, run.cluster) {
+            (Some(url), true) => url.as_str(),
+            (None, true) => anyhow::bail!("no Redis Cluster for {}", run.label),
+            (_, false) => opts.redis_url.as_str(),
+        };
+        let shared = Shared {
+            database_url: self.database_url,
+            redis_url,
+            redlock_urls: &self.redlock_urls,
+            meter: self.meter,
+        };
+        sell_out(opts, run, &shared).await
     }
 
     /// One unmeasured small sell-out first: warms PostgreSQL's caches, the HTTP stack and the
@@ -211,6 +238,7 @@ impl Bench<'_> {
             strategy: Strategy::Segmented,
             segments: self.opts.segments,
             batch_max,
+            cluster: false,
         };
         let (on, off) = (run(self.opts.batch_max), run(1));
         let (mut p50_on, mut p50_off) = (Vec::new(), Vec::new());
@@ -322,6 +350,8 @@ struct Run {
     segments: i32,
     /// The instances' `STOCK_BATCH_MAX` (1: no combining).
     batch_max: usize,
+    /// On the throwaway 3-master Redis Cluster instead of the one Redis.
+    cluster: bool,
 }
 
 /// The bench's settings.
@@ -339,6 +369,17 @@ struct Options {
     anchor_clients: usize,
     lone_rounds: usize,
     runs: Vec<Run>,
+}
+
+/// The comma-separated strategies in `name` (`default` when unset; set but empty: none).
+fn strategy_list(name: &str, default: &str) -> anyhow::Result<Vec<Strategy>> {
+    std::env::var(name)
+        .unwrap_or_else(|_| default.to_owned())
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty() && *s != "none")
+        .map(|s| s.parse::<Strategy>().map_err(|e| anyhow!("{name}: {e}")))
+        .collect()
 }
 
 fn env_var(name: &str) -> Option<String> {
@@ -372,15 +413,7 @@ impl Options {
         ensure!(rounds > 0, "BENCH_ROUNDS must be positive");
         let strategies: Vec<Strategy> = match env_var("BENCH_STRATEGIES") {
             None => Strategy::ALL.to_vec(),
-            Some(list) => list
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(|s| {
-                    s.parse::<Strategy>()
-                        .map_err(|e| anyhow!("BENCH_STRATEGIES: {e}"))
-                })
-                .collect::<anyhow::Result<_>>()?,
+            Some(_) => strategy_list("BENCH_STRATEGIES", "")?,
         };
         // Unset: the default sweep; set but empty (or `none`): no sweep.
         let sweep: Vec<i32> = std::env::var("BENCH_SEGMENT_SWEEP")
@@ -403,6 +436,7 @@ impl Options {
                 strategy,
                 segments,
                 batch_max,
+                cluster: false,
             });
             if compare_off && batch_max > 1 && strategy.combines() {
                 runs.push(Run {
@@ -410,8 +444,20 @@ impl Options {
                     strategy,
                     segments,
                     batch_max: 1,
+                    cluster: false,
                 });
             }
+        }
+        // The Redis-bound strategies again on a 3-master cluster, in the same run.
+        let on_cluster = strategy_list("BENCH_CLUSTER", "segmented,redis-atomic")?;
+        for &strategy in strategies.iter().filter(|s| on_cluster.contains(s)) {
+            runs.push(Run {
+                label: format!("{strategy}, 3-master cluster"),
+                strategy,
+                segments,
+                batch_max,
+                cluster: true,
+            });
         }
         if strategies.contains(&Strategy::Segmented) {
             runs.extend(sweep.into_iter().filter(|&s| s != segments).map(|s| Run {
@@ -419,6 +465,7 @@ impl Options {
                 strategy: Strategy::Segmented,
                 segments: s,
                 batch_max,
+                cluster: false,
             }));
         }
         Ok(Options {
@@ -833,16 +880,24 @@ fn quantile(sorted: &[Duration], q: f64) -> Option<Duration> {
     sorted.get(rank - 1).copied()
 }
 
-async fn sell_out(
-    opts: &Options,
-    run: &Run,
-    database_url: &str,
-    redlock_urls: &str,
-    meter: &LockWaitMeter,
-) -> anyhow::Result<Measured> {
+/// Where one sell-out's instances connect, and the meter of their lock waits.
+struct Shared<'a> {
+    database_url: &'a str,
+    redis_url: &'a str,
+    redlock_urls: &'a str,
+    meter: &'a LockWaitMeter,
+}
+
+async fn sell_out(opts: &Options, run: &Run, shared: &Shared<'_>) -> anyhow::Result<Measured> {
+    let Shared {
+        database_url,
+        redis_url,
+        redlock_urls,
+        meter,
+    } = *shared;
     let mut vars: Vec<(&str, String)> = vec![
         ("DATABASE_URL", database_url.to_owned()),
-        ("REDIS_URL", opts.redis_url.clone()),
+        ("REDIS_URL", redis_url.to_owned()),
         ("BIND_ADDR", "127.0.0.1:0".into()),
         ("STOCK_STRATEGY", run.strategy.as_str().to_owned()),
         ("STOCK_BATCH_MAX", run.batch_max.to_string()),
