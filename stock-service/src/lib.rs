@@ -13,6 +13,7 @@ pub mod group;
 mod home;
 pub mod locking;
 pub mod metrics;
+pub mod oversold;
 mod section;
 pub mod shape;
 pub mod store;
@@ -75,7 +76,7 @@ pub async fn connect(config: StockConfig) -> anyhow::Result<Stock> {
     .await
     .context("cannot subscribe to stock events")?;
     let metrics = metrics::StockMetrics::new(&opentelemetry::global::meter("stock-service"));
-    let oversold = metrics::OversoldWatch::default();
+    let oversold = oversold::OversoldWatch::default();
     let groups = std::sync::Arc::new(group::Groups::new(config.batch_max));
     let shapes = std::sync::Arc::new(shape::ShapeCache::new(SHAPE_TTL));
     oversold.spawn(pool.clone(), metrics.clone(), OVERSOLD_CHECK_INTERVAL);
