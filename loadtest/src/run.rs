@@ -9,7 +9,7 @@ use goose::config::GooseConfiguration;
 use goose::prelude::*;
 
 use crate::options::{Options, ScenarioKind};
-use crate::record::{Outcome, Recorder};
+use crate::record::{LatencyStats, Outcome, Recorder};
 use crate::scenarios::{self, Context};
 use crate::scrape;
 use crate::shop::{OrderAudit, Shop, ShopError};
@@ -67,28 +67,7 @@ pub async fn run(options: &Options) -> Result<Report, RunError> {
         path: options.report_dir.clone(),
         source,
     })?;
-
-    let shop = Shop::new(&options.target, options.request_timeout)
-        .map_err(shop_step("building the HTTP client"))?;
-    shop.health()
-        .await
-        .map_err(shop_step("the target is not reachable"))?;
-    let admin = shop
-        .login("admin", Some(&options.admin_password))
-        .await
-        .map_err(shop_step(
-            "admin login (check --admin-password / ADMIN_PASSWORD)",
-        ))?;
-    shop.seed(&admin, &options.sku, options.stock, options.segments)
-        .await
-        .map_err(shop_step("seeding the item (PUT /api/stock/{sku})"))?;
-    // Fail before the attack if the audits are missing (an older order-service).
-    shop.stock_audit(&options.sku)
-        .await
-        .map_err(shop_step("stock audit before the attack"))?;
-    shop.order_audit(&admin, &options.sku, &user_prefix)
-        .await
-        .map_err(shop_step("order audit before the attack"))?;
+    let (shop, admin) = prepare(options, &user_prefix).await?;
     tracing::info!(
         target = %options.target, sku = %options.sku, stock = options.stock,
         segments = options.segments, run = %run_id, "item seeded; attacking"
@@ -96,14 +75,7 @@ pub async fn run(options: &Options) -> Result<Report, RunError> {
 
     let before = scrape::scrape(&options.scrape, options.request_timeout).await;
     let recorder = Arc::new(Recorder::new());
-    let ctx = Arc::new(Context {
-        sku: options.sku.clone(),
-        user_prefix: user_prefix.clone(),
-        retry_share: options.retry_share,
-        pay_share: options.pay_share,
-        cancel_share: options.cancel_share,
-        recorder: Arc::clone(&recorder),
-    });
+    let ctx = Arc::new(context(options, &user_prefix, &recorder));
     let started_unix = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64());
@@ -135,33 +107,11 @@ pub async fn run(options: &Options) -> Result<Report, RunError> {
         order_audit: order_audit.clone(),
         max_error_rate: options.max_error_rate,
     });
-
-    let latency = recorder.latencies();
-    let count = |o: Outcome| latency.get(&o).map_or(0, |l| l.count);
-    let rejections: u64 = Outcome::ALL
-        .iter()
-        .filter(|o| o.is_rejection())
-        .map(|o| count(*o))
-        .sum();
-    let requests: u64 = latency.values().map(|l| l.count).sum();
     let time_to_sell_out = recorder.time_to_sell_out();
     let selling_window = recorder.selling_window();
-    let selling = time_to_sell_out
-        .or(selling_window)
-        .filter(|s| *s > 0.0)
-        .unwrap_or(attack_secs);
-    let per = |n: u64, secs: f64| if secs > 0.0 { n as f64 / secs } else { 0.0 };
     let (samples, by_kind) = recorder.errors();
-    let mut report_paths: BTreeMap<String, String> = reports
-        .iter()
-        .map(|(k, p)| ((*k).to_owned(), p.display().to_string()))
-        .collect();
-    let summary_json = options.report_dir.join("summary.json");
-    let summary_md = options.report_dir.join("summary.md");
-    report_paths.insert("summary_json".into(), summary_json.display().to_string());
-    report_paths.insert("summary_md".into(), summary_md.display().to_string());
-
-    let parameters = serde_json::to_value(options).unwrap_or_default();
+    let latency = recorder.latencies();
+    let paths = ReportPaths::new(&options.report_dir, &reports);
     let summary = Summary {
         schema: summary::SCHEMA,
         passed: verdict.passed,
@@ -169,7 +119,7 @@ pub async fn run(options: &Options) -> Result<Report, RunError> {
         duplicates: verdict.duplicates,
         lock_wait_p99_ms: service_metrics.lock_wait_p99_ms,
         verdict,
-        parameters,
+        parameters: serde_json::to_value(options).unwrap_or_default(),
         run_id,
         user_prefix,
         timing: Timing {
@@ -179,11 +129,7 @@ pub async fn run(options: &Options) -> Result<Report, RunError> {
             selling_window_secs: selling_window,
             settle_secs,
         },
-        throughput: Throughput {
-            orders_per_sec: per(count(Outcome::Created), selling),
-            rejections_per_sec: per(rejections, attack_secs),
-            requests_per_sec: per(requests, attack_secs),
-        },
+        throughput: throughput(&latency, time_to_sell_out.or(selling_window), attack_secs),
         latency,
         client,
         stock_audit,
@@ -191,12 +137,104 @@ pub async fn run(options: &Options) -> Result<Report, RunError> {
         service_metrics,
         goose: goose_totals(&metrics),
         errors: Errors { by_kind, samples },
-        reports: report_paths,
+        reports: paths.all.clone(),
     };
+    write_reports(summary, &paths)
+}
+
+/// Check the target, log in as admin, seed the item and make sure both audits answer
+/// (an older order-service has none): the shop and the admin's token.
+async fn prepare(options: &Options, user_prefix: &str) -> Result<(Shop, String), RunError> {
+    let shop = Shop::new(&options.target, options.request_timeout)
+        .map_err(shop_step("building the HTTP client"))?;
+    shop.health()
+        .await
+        .map_err(shop_step("the target is not reachable"))?;
+    let admin = shop
+        .login("admin", Some(&options.admin_password))
+        .await
+        .map_err(shop_step(
+            "admin login (check --admin-password / ADMIN_PASSWORD)",
+        ))?;
+    shop.seed(&admin, &options.sku, options.stock, options.segments)
+        .await
+        .map_err(shop_step("seeding the item (PUT /api/stock/{sku})"))?;
+    shop.stock_audit(&options.sku)
+        .await
+        .map_err(shop_step("stock audit before the attack"))?;
+    shop.order_audit(&admin, &options.sku, user_prefix)
+        .await
+        .map_err(shop_step("order audit before the attack"))?;
+    Ok((shop, admin))
+}
+
+/// What every buyer of the attack shares.
+fn context(options: &Options, user_prefix: &str, recorder: &Arc<Recorder>) -> Context {
+    Context {
+        sku: options.sku.clone(),
+        user_prefix: user_prefix.to_owned(),
+        retry_share: options.retry_share,
+        pay_share: options.pay_share,
+        cancel_share: options.cancel_share,
+        recorder: Arc::clone(recorder),
+    }
+}
+
+/// Orders per second of selling (until sold out, else the selling window, else the whole
+/// attack), rejections and requests per second of the attack.
+fn throughput(
+    latency: &BTreeMap<Outcome, LatencyStats>,
+    selling: Option<f64>,
+    attack_secs: f64,
+) -> Throughput {
+    let count = |o: Outcome| latency.get(&o).map_or(0, |l| l.count);
+    let rejections: u64 = Outcome::ALL
+        .iter()
+        .filter(|o| o.is_rejection())
+        .map(|o| count(*o))
+        .sum();
+    let requests: u64 = latency.values().map(|l| l.count).sum();
+    let selling = selling.filter(|s| *s > 0.0).unwrap_or(attack_secs);
+    let per = |n: u64, secs: f64| if secs > 0.0 { n as f64 / secs } else { 0.0 };
+    Throughput {
+        orders_per_sec: per(count(Outcome::Created), selling),
+        rejections_per_sec: per(rejections, attack_secs),
+        requests_per_sec: per(requests, attack_secs),
+    }
+}
+
+/// Where the run's reports go: goose's and the two summaries.
+struct ReportPaths {
+    summary_json: PathBuf,
+    summary_md: PathBuf,
+    /// Every report by name, as `summary.json` lists them.
+    all: BTreeMap<String, String>,
+}
+
+impl ReportPaths {
+    fn new(dir: &Path, goose: &[(&'static str, PathBuf)]) -> Self {
+        let summary_json = dir.join("summary.json");
+        let summary_md = dir.join("summary.md");
+        let mut all: BTreeMap<String, String> = goose
+            .iter()
+            .map(|(k, p)| ((*k).to_owned(), p.display().to_string()))
+            .collect();
+        all.insert("summary_json".into(), summary_json.display().to_string());
+        all.insert("summary_md".into(), summary_md.display().to_string());
+        Self {
+            summary_json,
+            summary_md,
+            all,
+        }
+    }
+}
+
+/// Write `summary.md` and `summary.json`; the report.
+fn write_reports(summary: Summary, paths: &ReportPaths) -> Result<Report, RunError> {
     let markdown = summary::markdown(&summary);
-    write(&summary_md, markdown.as_bytes())?;
+    write(&paths.summary_md, markdown.as_bytes())?;
     let json = serde_json::to_vec_pretty(&summary).unwrap_or_default();
-    write(&summary_json, &json)?;
+    write(&paths.summary_json, &json)?;
     Ok(Report { summary, markdown })
 }
 
