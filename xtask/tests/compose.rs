@@ -19,6 +19,7 @@ use serde_json::Value;
 
 use support::files::{display, normalize, root};
 use support::metrics::{self, Kind};
+use support::problems::assert_problems;
 use support::service_config::{SERVICE_TARGETS, environment_problems};
 
 /// Services allowed to publish ports on the host: the public door and the dashboards.
@@ -1992,15 +1993,4 @@ fn json_files(dir: &Path) -> Vec<(String, Value)> {
             (name, doc)
         })
         .collect()
-}
-
-fn assert_problems(headline: &str, mut problems: Vec<String>) {
-    // Instances of one service repeat the same finding about a shared stage or file.
-    let mut seen = BTreeSet::new();
-    problems.retain(|p| seen.insert(p.clone()));
-    assert!(
-        problems.is_empty(),
-        "{headline}:\n  - {}",
-        problems.join("\n  - ")
-    );
 }

@@ -27,6 +27,7 @@ use serde_json::Value;
 use service_kit::config::Env;
 
 use support::files::{display, normalize, root};
+use support::problems::assert_problems;
 use support::service_config::{SERVICE_TARGETS, environment_problems};
 
 /// The Kubernetes versions the manifests are validated against: the oldest they target (the
@@ -1719,15 +1720,4 @@ fn files_under(dir: &Path, extensions: &[&str]) -> Vec<PathBuf> {
     }
     files.sort();
     files
-}
-
-fn assert_problems(headline: &str, mut problems: Vec<String>) {
-    // Overlays repeat the base's findings, and containers of one workload repeat theirs.
-    let mut seen = BTreeSet::new();
-    problems.retain(|p| seen.insert(p.clone()));
-    assert!(
-        problems.is_empty(),
-        "{headline}:\n  - {}",
-        problems.join("\n  - ")
-    );
 }

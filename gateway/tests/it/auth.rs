@@ -79,13 +79,7 @@ fn forge(header: &Value, claims: &Value, signature: &str) -> String {
 #[tokio::test]
 async fn login_issues_user_and_admin_tokens_that_open_protected_routes() {
     let (gw, upstream) = setup().await;
-    let response = gw
-        .http
-        .post(gw.url("/api/login"))
-        .json(&json!({"user": "alice"}))
-        .send()
-        .await
-        .expect("login");
+    let response = gw.post_login(&json!({"user": "alice"})).await;
     let (status, _, body) = read(response).await;
     assert_eq!(status, 200);
     assert_eq!(body["token_type"], "Bearer");
@@ -111,13 +105,7 @@ async fn login_issues_user_and_admin_tokens_that_open_protected_routes() {
         json!({"user": "admin", "password": "wrong"}),
         json!({"user": "admin", "password": format!("{ADMIN_PASSWORD} ")}),
     ] {
-        let r = gw
-            .http
-            .post(gw.url("/api/login"))
-            .json(&bad)
-            .send()
-            .await
-            .expect("login");
+        let r = gw.post_login(&bad).await;
         let problem = expect_problem(r, 401).await;
         assert_eq!(problem["type"], "/problems/login-refused");
     }

@@ -154,14 +154,18 @@ impl TestGateway {
             .await
     }
 
-    async fn login(&self, body: Value) -> String {
-        let response = self
-            .http
+    /// `POST /api/login` with `body`, the answer as it came.
+    pub async fn post_login(&self, body: &Value) -> reqwest::Response {
+        self.http
             .post(self.url("/api/login"))
-            .json(&body)
+            .json(body)
             .send()
             .await
-            .expect("login");
+            .expect("login")
+    }
+
+    async fn login(&self, body: Value) -> String {
+        let response = self.post_login(&body).await;
         assert_eq!(response.status(), 200, "login {body}");
         let answer: Value = response.json().await.expect("login json");
         answer["access_token"]

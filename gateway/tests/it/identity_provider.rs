@@ -145,13 +145,7 @@ async fn rs256_and_es256_tokens_of_the_provider_are_accepted_with_their_claims_c
 #[tokio::test]
 async fn with_the_demo_login_off_only_the_providers_tokens_count() {
     let (gw, _upstream) = setup(false).await;
-    let response = gw
-        .http
-        .post(gw.url("/api/login"))
-        .json(&json!({"user": "alice"}))
-        .send()
-        .await
-        .expect("login");
+    let response = gw.post_login(&json!({"user": "alice"})).await;
     expect_problem(response, 404).await;
     // A token signed with the gateway's secret (still set in the environment) is refused.
     let own = jsonwebtoken::encode(

@@ -2,4 +2,5 @@
 
 pub mod files;
 pub mod metrics;
+pub mod problems;
 pub mod service_config;
