@@ -356,32 +356,26 @@ fn every_pod_runs_non_root_read_only_and_unprivileged() {
 #[test]
 fn every_container_has_resource_requests_limits_and_probes() {
     let mut problems = Vec::new();
-    for render in renders() {
-        for workload in render.workloads() {
-            let id = format!("{}: {}", render.name, workload.id());
-            for container in workload.containers() {
-                let cname = str_at(container, "/name");
-                for bound in ["requests", "limits"] {
-                    for resource in ["cpu", "memory"] {
-                        if container
-                            .pointer(&format!("/resources/{bound}/{resource}"))
-                            .is_none()
-                        {
-                            problems
-                                .push(format!("{id}: container {cname} has no {resource} {bound}"));
-                        }
-                    }
-                }
-                for probe in ["readinessProbe", "livenessProbe"] {
-                    if container.get(probe).is_none() {
-                        problems.push(format!("{id}: container {cname} has no {probe}"));
-                    }
-                }
-                let image = str_at(container, "/image");
-                if let Err(e) = check_pinned(image) {
-                    problems.push(format!("{id}: container {cname}: {e}"));
+    for (id, _, container) in every_container() {
+        let cname = str_at(container, "/name");
+        for bound in ["requests", "limits"] {
+            for resource in ["cpu", "memory"] {
+                if container
+                    .pointer(&format!("/resources/{bound}/{resource}"))
+                    .is_none()
+                {
+                    problems.push(format!("{id}: container {cname} has no {resource} {bound}"));
                 }
             }
+        }
+        for probe in ["readinessProbe", "livenessProbe"] {
+            if container.get(probe).is_none() {
+                problems.push(format!("{id}: container {cname} has no {probe}"));
+            }
+        }
+        let image = str_at(container, "/image");
+        if let Err(e) = check_pinned(image) {
+            problems.push(format!("{id}: container {cname}: {e}"));
         }
     }
     assert_problems("containers are unbounded or unprobed", problems);
@@ -390,63 +384,57 @@ fn every_container_has_resource_requests_limits_and_probes() {
 #[test]
 fn services_probe_healthz_on_the_port_their_binary_binds() {
     let mut problems = Vec::new();
-    for render in renders() {
-        for workload in render.workloads() {
-            for container in workload.containers() {
-                let Some(target) = rust_target(container) else {
-                    continue;
-                };
-                let id = format!("{}: {}", render.name, workload.id());
-                let env = literal_env(container);
-                let Some(bind) = env.get("BIND_ADDR").and_then(|a| addr_port(a)) else {
-                    problems.push(format!("{id}: BIND_ADDR is not a literal address"));
-                    continue;
-                };
-                if container_port(container, "http") != Some(bind) {
-                    problems.push(format!(
-                        "{id}: the container port named http is {:?}, but {target} binds {bind}",
-                        container_port(container, "http")
-                    ));
-                }
-                for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
-                    let Some(p) = container.get(probe) else {
-                        problems.push(format!("{id}: no {probe}"));
-                        continue;
-                    };
-                    let path = p.pointer("/httpGet/path").and_then(Value::as_str);
-                    let port = p
-                        .pointer("/httpGet/port")
-                        .and_then(|port| resolve_port(container, port));
-                    if path != Some("/healthz") || port != Some(bind) {
-                        problems.push(format!(
-                            "{id}: {probe} gets {path:?} on port {port:?}, not /healthz on {bind}"
-                        ));
-                    }
-                }
-                // /metrics: on METRICS_ADDR when set (the gateway), else on BIND_ADDR.
-                let metrics = env
-                    .get("METRICS_ADDR")
-                    .and_then(|a| addr_port(a))
-                    .unwrap_or(bind);
-                if env.contains_key("METRICS_ADDR")
-                    && container_port(container, "metrics") != Some(metrics)
-                {
-                    problems.push(format!(
-                        "{id}: METRICS_ADDR listens on {metrics}, but no container port named metrics does"
-                    ));
-                }
-                let annotations = workload.pod_annotations();
-                let scraped = annotations
-                    .get("prometheus.io/port")
-                    .and_then(|p| p.parse::<u16>().ok());
-                if annotations.get("prometheus.io/scrape").map(String::as_str) != Some("true")
-                    || scraped != Some(metrics)
-                {
-                    problems.push(format!(
-                        "{id}: the prometheus.io annotations do not scrape port {metrics}"
-                    ));
-                }
+    for (id, workload, container) in every_container() {
+        let Some(target) = rust_target(container) else {
+            continue;
+        };
+        let env = literal_env(container);
+        let Some(bind) = env.get("BIND_ADDR").and_then(|a| addr_port(a)) else {
+            problems.push(format!("{id}: BIND_ADDR is not a literal address"));
+            continue;
+        };
+        if container_port(container, "http") != Some(bind) {
+            problems.push(format!(
+                "{id}: the container port named http is {:?}, but {target} binds {bind}",
+                container_port(container, "http")
+            ));
+        }
+        for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
+            let Some(p) = container.get(probe) else {
+                problems.push(format!("{id}: no {probe}"));
+                continue;
+            };
+            let path = p.pointer("/httpGet/path").and_then(Value::as_str);
+            let port = p
+                .pointer("/httpGet/port")
+                .and_then(|port| resolve_port(container, port));
+            if path != Some("/healthz") || port != Some(bind) {
+                problems.push(format!(
+                    "{id}: {probe} gets {path:?} on port {port:?}, not /healthz on {bind}"
+                ));
             }
+        }
+        // /metrics: on METRICS_ADDR when set (the gateway), else on BIND_ADDR.
+        let metrics = env
+            .get("METRICS_ADDR")
+            .and_then(|a| addr_port(a))
+            .unwrap_or(bind);
+        if env.contains_key("METRICS_ADDR") && container_port(container, "metrics") != Some(metrics)
+        {
+            problems.push(format!(
+                "{id}: METRICS_ADDR listens on {metrics}, but no container port named metrics does"
+            ));
+        }
+        let annotations = workload.pod_annotations();
+        let scraped = annotations
+            .get("prometheus.io/port")
+            .and_then(|p| p.parse::<u16>().ok());
+        if annotations.get("prometheus.io/scrape").map(String::as_str) != Some("true")
+            || scraped != Some(metrics)
+        {
+            problems.push(format!(
+                "{id}: the prometheus.io annotations do not scrape port {metrics}"
+            ));
         }
     }
     assert_problems("probes and ports disagree with the binaries", problems);
@@ -823,37 +811,32 @@ fn gateway_config_map_validates_and_keeps_secrets_out() {
 fn pods_run_as_the_image_user_and_expose_its_ports() {
     let dockerfile = Dockerfile::load();
     let mut problems = Vec::new();
-    for render in renders() {
-        for workload in render.workloads() {
-            for container in workload.containers() {
-                let Some(target) = rust_target(container) else {
-                    continue;
-                };
-                let id = format!("{}: {}", render.name, workload.id());
-                let Some(stage) = dockerfile.stage(target) else {
-                    problems.push(format!("{id}: {DOCKERFILE} has no target {target}"));
-                    continue;
-                };
-                let uid = dockerfile
-                    .user(stage)
-                    .and_then(|u| u.split(':').next()?.parse::<u64>().ok());
-                let run_as = container
-                    .pointer("/securityContext/runAsUser")
-                    .or_else(|| workload.pod.pointer("/securityContext/runAsUser"))
-                    .and_then(Value::as_u64);
-                if uid.is_none() || run_as != uid {
-                    problems.push(format!(
-                        "{id}: runs as uid {run_as:?}, the image's USER is {uid:?}"
-                    ));
-                }
-                let exposed = dockerfile.exposed(stage);
-                for port in container_ports(container) {
-                    if !exposed.contains(&port) {
-                        problems.push(format!(
+    for (id, workload, container) in every_container() {
+        let Some(target) = rust_target(container) else {
+            continue;
+        };
+        let Some(stage) = dockerfile.stage(target) else {
+            problems.push(format!("{id}: {DOCKERFILE} has no target {target}"));
+            continue;
+        };
+        let uid = dockerfile
+            .user(stage)
+            .and_then(|u| u.split(':').next()?.parse::<u64>().ok());
+        let run_as = container
+            .pointer("/securityContext/runAsUser")
+            .or_else(|| workload.pod.pointer("/securityContext/runAsUser"))
+            .and_then(Value::as_u64);
+        if uid.is_none() || run_as != uid {
+            problems.push(format!(
+                "{id}: runs as uid {run_as:?}, the image's USER is {uid:?}"
+            ));
+        }
+        let exposed = dockerfile.exposed(stage);
+        for port in container_ports(container) {
+            if !exposed.contains(&port) {
+                problems.push(format!(
                             "{id}: container port {port} is not EXPOSEd by {DOCKERFILE} target {target} ({exposed:?})"
                         ));
-                    }
-                }
             }
         }
     }
@@ -1330,6 +1313,7 @@ impl Render {
 }
 
 /// A Deployment or StatefulSet.
+#[derive(Clone)]
 struct Workload<'a> {
     kind: &'a str,
     name: &'a str,
@@ -1366,6 +1350,20 @@ impl<'a> Workload<'a> {
     fn pod_annotations(&self) -> BTreeMap<String, String> {
         labels_at(self.doc, "/spec/template/metadata/annotations")
     }
+}
+
+/// Every container (not init containers) of every workload of every rendering, with where it
+/// is: `<rendering>: <Kind>/<name>`.
+fn every_container() -> impl Iterator<Item = (String, Workload<'static>, &'static Value)> {
+    renders().iter().flat_map(|render| {
+        render.workloads().flat_map(move |workload| {
+            let id = format!("{}: {}", render.name, workload.id());
+            let containers: Vec<&'static Value> = workload.containers().collect();
+            containers
+                .into_iter()
+                .map(move |c| (id.clone(), workload.clone(), c))
+        })
+    })
 }
 
 /// The Rust service a container runs: the last path segment of its image's name, when that
