@@ -173,7 +173,12 @@ async fn buy(ctx: Arc<Context>, user: &mut GooseUser) -> TransactionResult {
     let (name, token) = ensure_session(&ctx, user, 'b').await?;
     let key = uuid::Uuid::new_v4().simple().to_string();
     let body = json!({ "sku": ctx.sku, "qty": 1 });
-    let Some(order_id) = place(&ctx, user, &name, &token, &key, &body, false).await? else {
+    let first = Order {
+        name: &name,
+        key: &key,
+        resend: false,
+    };
+    let Some(order_id) = place(&ctx, user, &token, &first, &body).await? else {
         return Ok(());
     };
     let (resend, roll) = {
@@ -184,7 +189,11 @@ async fn buy(ctx: Arc<Context>, user: &mut GooseUser) -> TransactionResult {
         )
     };
     if resend {
-        place(&ctx, user, &name, &token, &key, &body, true).await?;
+        let again = Order {
+            resend: true,
+            ..first
+        };
+        place(&ctx, user, &token, &again, &body).await?;
     }
     if roll < ctx.pay_share {
         transition(&ctx, user, &token, &order_id, "pay").await?;
@@ -194,81 +203,43 @@ async fn buy(ctx: Arc<Context>, user: &mut GooseUser) -> TransactionResult {
     Ok(())
 }
 
-/// `POST /api/orders` with `key`; the order id when the answer is an order (201).
+/// Which order request: the buyer, its Idempotency-Key, and whether it is the key's resend.
+#[derive(Debug, Clone, Copy)]
+struct Order<'a> {
+    name: &'a str,
+    key: &'a str,
+    resend: bool,
+}
+
+/// The 409 types that are a final refusal of the order (not "try again").
+fn is_refusal(kind: &str) -> bool {
+    matches!(
+        kind,
+        "/problems/sold-out" | "/problems/insufficient-stock" | "/problems/purchase-limit"
+    )
+}
+
+/// `POST /api/orders` with the order's key; the order id when the answer is an order (201).
 async fn place(
     ctx: &Context,
     user: &mut GooseUser,
-    name: &str,
     token: &str,
-    key: &str,
+    order: &Order<'_>,
     body: &Value,
-    resend: bool,
 ) -> Result<Option<String>, Box<TransactionError>> {
     let builder = user
         .get_request_builder(&GooseMethod::Post, "/api/orders")?
         .bearer_auth(token)
-        .header("idempotency-key", key)
+        .header("idempotency-key", order.key)
         .json(body);
-    ctx.recorder.order_sent(resend);
-    let (mut request, latency, answer) =
-        send(user, builder, if resend { RESEND } else { ORDER }).await?;
-    let replayed = answer.replayed;
+    ctx.recorder.order_sent(order.resend);
+    let name = if order.resend { RESEND } else { ORDER };
+    let (mut request, latency, answer) = send(user, builder, name).await?;
     let kind = answer.body["type"].as_str().unwrap_or_default();
     match answer.status {
-        Some(StatusCode::CREATED) => {
-            let Some(order_id) = answer.body["order_id"].as_str().map(str::to_owned) else {
-                fail(
-                    ctx,
-                    user,
-                    &mut request,
-                    latency,
-                    "order",
-                    "201 without order_id",
-                )?;
-                return Ok(None);
-            };
-            if !ctx.recorder.order_seen(name, key, &order_id) {
-                ctx.recorder.outcome(Outcome::Error, latency);
-                ctx.recorder.error_sample(
-                    "duplicate-order",
-                    format!("key {key} of {name} answered with a second order {order_id}"),
-                );
-                user.set_failure("key answered with another order", &mut request, None, None)?;
-                return Ok(None);
-            }
-            if resend && !replayed {
-                ctx.recorder.replay_unmarked();
-            }
-            let outcome = if resend || replayed {
-                Outcome::Replayed
-            } else {
-                Outcome::Created
-            };
-            ctx.recorder.outcome(outcome, latency);
-            Ok(Some(order_id))
-        }
-        Some(StatusCode::CONFLICT)
-            if matches!(
-                kind,
-                "/problems/sold-out" | "/problems/insufficient-stock" | "/problems/purchase-limit"
-            ) =>
-        {
-            let outcome = if kind == "/problems/purchase-limit" {
-                Outcome::PurchaseLimit
-            } else {
-                Outcome::SoldOut
-            };
-            if resend {
-                // A key whose first answer was an order must replay that order, never a
-                // rejection (the sold-out fast path must not shadow a stored response).
-                ctx.recorder.outcome(Outcome::Error, latency);
-                ctx.recorder
-                    .replay_mismatch(format!("key {key} of {name}: order, then {kind}"));
-                user.set_failure("resend answered with a rejection", &mut request, None, None)?;
-                return Ok(None);
-            }
-            ctx.recorder.outcome(outcome, latency);
-            user.set_success(&mut request)?;
+        Some(StatusCode::CREATED) => created(ctx, user, &mut request, latency, &answer, order),
+        Some(StatusCode::CONFLICT) if is_refusal(kind) => {
+            refused(ctx, user, &mut request, latency, kind, order)?;
             Ok(None)
         }
         Some(StatusCode::CONFLICT) if kind == "/problems/request-in-progress" => {
@@ -283,14 +254,80 @@ async fn place(
         }
         _ => {
             let detail = answer.describe();
-            if resend && answer.status.is_some() {
-                ctx.recorder
-                    .replay_mismatch(format!("key {key} of {name}: order, then {detail}"));
+            if order.resend && answer.status.is_some() {
+                ctx.recorder.replay_mismatch(format!(
+                    "key {} of {}: order, then {detail}",
+                    order.key, order.name
+                ));
             }
             fail(ctx, user, &mut request, latency, "order", &detail)?;
             Ok(None)
         }
     }
+}
+
+/// A 201: the order id, unless the key was already answered with another order (a
+/// duplicate, recorded as an error) or the body has none.
+fn created(
+    ctx: &Context,
+    user: &mut GooseUser,
+    request: &mut GooseRequestMetric,
+    latency: Duration,
+    answer: &Answer,
+    order: &Order<'_>,
+) -> Result<Option<String>, Box<TransactionError>> {
+    let Some(order_id) = answer.body["order_id"].as_str().map(str::to_owned) else {
+        fail(ctx, user, request, latency, "order", "201 without order_id")?;
+        return Ok(None);
+    };
+    let (name, key) = (order.name, order.key);
+    if !ctx.recorder.order_seen(name, key, &order_id) {
+        ctx.recorder.outcome(Outcome::Error, latency);
+        ctx.recorder.error_sample(
+            "duplicate-order",
+            format!("key {key} of {name} answered with a second order {order_id}"),
+        );
+        user.set_failure("key answered with another order", request, None, None)?;
+        return Ok(None);
+    }
+    if order.resend && !answer.replayed {
+        ctx.recorder.replay_unmarked();
+    }
+    let outcome = if order.resend || answer.replayed {
+        Outcome::Replayed
+    } else {
+        Outcome::Created
+    };
+    ctx.recorder.outcome(outcome, latency);
+    Ok(Some(order_id))
+}
+
+/// A final refusal (sold out, not enough, over the limit). For a resend it is an error: a key
+/// whose first answer was an order must replay that order, never a rejection (the sold-out
+/// fast path must not shadow a stored response).
+fn refused(
+    ctx: &Context,
+    user: &mut GooseUser,
+    request: &mut GooseRequestMetric,
+    latency: Duration,
+    kind: &str,
+    order: &Order<'_>,
+) -> TransactionResult {
+    if order.resend {
+        ctx.recorder.outcome(Outcome::Error, latency);
+        ctx.recorder.replay_mismatch(format!(
+            "key {} of {}: order, then {kind}",
+            order.key, order.name
+        ));
+        return user.set_failure("resend answered with a rejection", request, None, None);
+    }
+    let outcome = if kind == "/problems/purchase-limit" {
+        Outcome::PurchaseLimit
+    } else {
+        Outcome::SoldOut
+    };
+    ctx.recorder.outcome(outcome, latency);
+    user.set_success(request)
 }
 
 /// `POST /api/orders/{id}/pay` or `/cancel`.
