@@ -484,10 +484,62 @@ pub async fn audit(
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
         .execute(&mut *tx)
         .await?;
-    const MINE: &str = "o.sku = $1 AND ($2::text IS NULL OR starts_with(o.user_id, $2))";
+    let orders = status_tallies(&mut tx, sku, user_prefix).await?;
+    let (count, qty) = scoped_pair(
+        &mut tx,
+        "SELECT COUNT(*), COALESCE(SUM(o.qty), 0)::bigint FROM orders o
+         WHERE {MINE} AND o.status = 'cancelled' AND NOT o.stock_released",
+        sku,
+        user_prefix,
+    )
+    .await?;
+    let cancelled_unreleased = Tally { count, qty };
+    let (keys_with_several_orders, _) = scoped_pair(
+        &mut tx,
+        "SELECT COUNT(*), 0::bigint FROM (
+             SELECT k.user_id, k.key FROM idempotency_keys k JOIN orders o ON o.id = k.order_id
+             WHERE {MINE} GROUP BY k.user_id, k.key HAVING COUNT(DISTINCT k.order_id) > 1) t",
+        sku,
+        user_prefix,
+    )
+    .await?;
+    let (orders_without_key, _) = scoped_pair(
+        &mut tx,
+        "SELECT COUNT(*), 0::bigint FROM orders o WHERE {MINE} AND o.status IN ('reserved', 'paid')
+           AND NOT EXISTS (SELECT 1 FROM idempotency_keys k WHERE k.order_id = o.id)",
+        sku,
+        user_prefix,
+    )
+    .await?;
+    let (users, users_over_limit) = users_over(&mut tx, sku, user_prefix, purchase_limit).await?;
+    tx.commit().await?;
+    Ok(OrderAudit {
+        sku: sku.to_owned(),
+        user_prefix: user_prefix.map(str::to_owned),
+        holding_stock_qty: orders.reserved.qty + orders.paid.qty + cancelled_unreleased.qty,
+        orders,
+        cancelled_unreleased,
+        keys_with_several_orders,
+        orders_without_key,
+        users,
+        users_over_limit,
+        purchase_limit,
+    })
+}
+
+/// The audit's scope in SQL: the item (`$1`) and, when `$2` is set, the users whose id starts
+/// with it (one load-test run).
+const AUDIT_SCOPE: &str = "o.sku = $1 AND ($2::text IS NULL OR starts_with(o.user_id, $2))";
+
+/// Orders and units per status, within the audit's scope.
+async fn status_tallies(
+    tx: &mut PgConnection,
+    sku: &str,
+    user_prefix: Option<&str>,
+) -> sqlx::Result<StatusTallies> {
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT o.status, COUNT(*), COALESCE(SUM(o.qty), 0)::bigint FROM orders o
-         WHERE {MINE} GROUP BY o.status"
+         WHERE {AUDIT_SCOPE} GROUP BY o.status"
     )))
     .bind(sku)
     .bind(user_prefix)
@@ -507,54 +559,39 @@ pub async fn audit(
             _ => orders.rejected = tally,
         }
     }
-    let (count, qty): (i64, i64) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT COUNT(*), COALESCE(SUM(o.qty), 0)::bigint FROM orders o
-         WHERE {MINE} AND o.status = 'cancelled' AND NOT o.stock_released"
-    )))
-    .bind(sku)
-    .bind(user_prefix)
-    .fetch_one(&mut *tx)
-    .await?;
-    let cancelled_unreleased = Tally { count, qty };
-    let (keys_with_several_orders,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT COUNT(*) FROM (
-             SELECT k.user_id, k.key FROM idempotency_keys k JOIN orders o ON o.id = k.order_id
-             WHERE {MINE} GROUP BY k.user_id, k.key HAVING COUNT(DISTINCT k.order_id) > 1) t"
-    )))
-    .bind(sku)
-    .bind(user_prefix)
-    .fetch_one(&mut *tx)
-    .await?;
-    let (orders_without_key,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT COUNT(*) FROM orders o WHERE {MINE} AND o.status IN ('reserved', 'paid')
-           AND NOT EXISTS (SELECT 1 FROM idempotency_keys k WHERE k.order_id = o.id)"
-    )))
-    .bind(sku)
-    .bind(user_prefix)
-    .fetch_one(&mut *tx)
-    .await?;
-    let (users, users_over_limit): (i64, i64) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    Ok(orders)
+}
+
+/// The two numbers `sql` selects, with `{MINE}` standing for the audit's scope.
+async fn scoped_pair(
+    tx: &mut PgConnection,
+    sql: &str,
+    sku: &str,
+    user_prefix: Option<&str>,
+) -> sqlx::Result<(i64, i64)> {
+    sqlx::query_as(sqlx::AssertSqlSafe(sql.replace("{MINE}", AUDIT_SCOPE)))
+        .bind(sku)
+        .bind(user_prefix)
+        .fetch_one(&mut *tx)
+        .await
+}
+
+/// Users with orders in the scope, and those holding more than `purchase_limit` units.
+async fn users_over(
+    tx: &mut PgConnection,
+    sku: &str,
+    user_prefix: Option<&str>,
+    purchase_limit: i64,
+) -> sqlx::Result<(i64, i64)> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT COUNT(*), COUNT(*) FILTER (WHERE held > $3) FROM (
              SELECT o.user_id, COALESCE(SUM(o.qty) FILTER
                         (WHERE o.status IN ('pending', 'reserved', 'paid')), 0) AS held
-             FROM orders o WHERE {MINE} GROUP BY o.user_id) t"
+             FROM orders o WHERE {AUDIT_SCOPE} GROUP BY o.user_id) t"
     )))
     .bind(sku)
     .bind(user_prefix)
     .bind(purchase_limit)
     .fetch_one(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(OrderAudit {
-        sku: sku.to_owned(),
-        user_prefix: user_prefix.map(str::to_owned),
-        holding_stock_qty: orders.reserved.qty + orders.paid.qty + cancelled_unreleased.qty,
-        orders,
-        cancelled_unreleased,
-        keys_with_several_orders,
-        orders_without_key,
-        users,
-        users_over_limit,
-        purchase_limit,
-    })
+    .await
 }
