@@ -76,9 +76,7 @@ pub async fn run(options: &Options) -> Result<Report, RunError> {
     let before = scrape::scrape(&options.scrape, options.request_timeout).await;
     let recorder = Arc::new(Recorder::new());
     let ctx = Arc::new(context(options, &user_prefix, &recorder));
-    let started_unix = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64());
+    let started_unix = unix_now();
     let attack_started = Instant::now();
     let reports = goose_reports(&options.report_dir);
     let metrics = attack(options, &ctx, &reports).await?;
@@ -97,11 +95,10 @@ pub async fn run(options: &Options) -> Result<Report, RunError> {
     let service_metrics = scrape::summarize(&before, &after, &options.sku);
 
     let client = recorder.facts();
-    let limit = u64::try_from(order_audit.purchase_limit.max(1)).unwrap_or(1);
     let verdict = verdict::judge(&Facts {
         stock: options.stock,
         buyers: options.scenario.buys(),
-        client_users_over_limit: recorder.users_over(limit),
+        client_users_over_limit: recorder.users_over(limit_of(&order_audit)),
         client: client.clone(),
         stock_audit: stock_audit.clone(),
         order_audit: order_audit.clone(),
@@ -140,6 +137,18 @@ pub async fn run(options: &Options) -> Result<Report, RunError> {
         reports: paths.all.clone(),
     };
     write_reports(summary, &paths)
+}
+
+/// The purchase limit the order-service reported (at least 1), to count users over it.
+fn limit_of(order_audit: &OrderAudit) -> u64 {
+    u64::try_from(order_audit.purchase_limit.max(1)).unwrap_or(1)
+}
+
+/// Seconds since the Unix epoch, as `summary.json` records the start.
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// Check the target, log in as admin, seed the item and make sure both audits answer

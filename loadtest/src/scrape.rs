@@ -34,60 +34,13 @@ fn parse_line(line: &str) -> Option<Sample> {
     if line.is_empty() || line.starts_with('#') {
         return None;
     }
-    let (name, rest) = match line.find(['{', ' ']) {
-        Some(i) => (&line[..i], &line[i..]),
-        None => return None,
+    let i = line.find(['{', ' '])?;
+    let (name, rest) = (&line[..i], &line[i..]);
+    let (labels, rest) = match rest.strip_prefix('{') {
+        Some(body) => parse_labels(body)?,
+        None => (BTreeMap::new(), rest),
     };
-    let mut labels = BTreeMap::new();
-    let rest = if let Some(body) = rest.strip_prefix('{') {
-        let mut chars = body.char_indices();
-        let mut end = None;
-        loop {
-            // label name
-            let mut key = String::new();
-            for (i, c) in chars.by_ref() {
-                match c {
-                    '=' => break,
-                    '}' => {
-                        end = Some(i);
-                        break;
-                    }
-                    ',' | ' ' => {}
-                    _ => key.push(c),
-                }
-            }
-            if end.is_some() {
-                break;
-            }
-            // quoted value
-            if chars.next().map(|(_, c)| c) != Some('"') {
-                return None;
-            }
-            let mut value = String::new();
-            let mut escaped = false;
-            for (_, c) in chars.by_ref() {
-                match (escaped, c) {
-                    (true, 'n') => {
-                        value.push('\n');
-                        escaped = false;
-                    }
-                    (true, c) => {
-                        value.push(c);
-                        escaped = false;
-                    }
-                    (false, '\\') => escaped = true,
-                    (false, '"') => break,
-                    (false, c) => value.push(c),
-                }
-            }
-            labels.insert(key, value);
-        }
-        &body[end? + 1..]
-    } else {
-        rest
-    };
-    let value = rest.split_whitespace().next()?;
-    let value = match value {
+    let value = match rest.split_whitespace().next()? {
         "+Inf" => f64::INFINITY,
         "-Inf" => f64::NEG_INFINITY,
         v => v.parse().ok()?,
@@ -97,6 +50,57 @@ fn parse_line(line: &str) -> Option<Sample> {
         labels,
         value,
     })
+}
+
+/// The labels of `body` (what follows `{`) and the text after the closing `}`.
+fn parse_labels(body: &str) -> Option<(BTreeMap<String, String>, &str)> {
+    let mut labels = BTreeMap::new();
+    let mut chars = body.char_indices();
+    loop {
+        // A label name, up to `=`; or the closing brace.
+        let mut key = String::new();
+        let mut end = None;
+        for (i, c) in chars.by_ref() {
+            match c {
+                '=' => break,
+                '}' => {
+                    end = Some(i);
+                    break;
+                }
+                ',' | ' ' => {}
+                _ => key.push(c),
+            }
+        }
+        if let Some(end) = end {
+            return Some((labels, &body[end + 1..]));
+        }
+        if chars.next().map(|(_, c)| c) != Some('"') {
+            return None;
+        }
+        labels.insert(key, quoted_value(&mut chars));
+    }
+}
+
+/// A label value after its opening quote, up to the closing one (`\n` and `\x` escapes).
+fn quoted_value(chars: &mut std::str::CharIndices<'_>) -> String {
+    let mut value = String::new();
+    let mut escaped = false;
+    for (_, c) in chars.by_ref() {
+        match (escaped, c) {
+            (true, 'n') => {
+                value.push('\n');
+                escaped = false;
+            }
+            (true, c) => {
+                value.push(c);
+                escaped = false;
+            }
+            (false, '\\') => escaped = true,
+            (false, '"') => break,
+            (false, c) => value.push(c),
+        }
+    }
+    value
 }
 
 /// Cumulative bucket counts by upper bound (`le`), summed over every series whose labels

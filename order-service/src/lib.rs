@@ -44,12 +44,7 @@ pub async fn connect(config: OrderConfig) -> anyhow::Result<Orders> {
         std::time::Duration::from_secs(1),
     )
     .await
-    .with_context(|| {
-        format!(
-            "cannot connect to Redis at {}",
-            service_kit::config::redact_password(&config.redis_url)
-        )
-    })?;
+    .with_context(|| service_kit::config::redis_unreachable(&config.redis_url))?;
     let stock = stock_client::StockClient::new(&stock_client::StockSettings {
         urls: config.stock_urls.clone(),
         timeout: config.stock_timeout,

@@ -223,6 +223,12 @@ impl ServiceConfig {
     }
 }
 
+/// "cannot connect to Redis at <url without its password>": the context of a failed Redis
+/// connection at start, the same in every service.
+pub fn redis_unreachable(url: &str) -> String {
+    format!("cannot connect to Redis at {}", redact_password(url))
+}
+
 /// `url` with the password of its userinfo (`scheme://user:password@host`) replaced by `***`,
 /// for error messages and logs (database and Redis URLs carry
 /// passwords under compose).

@@ -53,12 +53,7 @@ pub async fn connect(config: StockConfig) -> anyhow::Result<Stock> {
     .await?;
     let locks = LockClient::connect(&config.redis_url, LockConfig::default())
         .await
-        .with_context(|| {
-            format!(
-                "cannot connect to Redis at {}",
-                service_kit::config::redact_password(&config.redis_url)
-            )
-        })?;
+        .with_context(|| service_kit::config::redis_unreachable(&config.redis_url))?;
     let redlock = if config.redlock_urls.is_empty() {
         None
     } else {
