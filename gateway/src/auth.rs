@@ -15,12 +15,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::http::{HeaderMap, header};
 use jsonwebtoken::errors::ErrorKind;
-
-use crate::idp::IdpKeys;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Secret;
+use crate::idp::IdpKeys;
 
 /// Verified tokens remembered by one [`TokenKeys`]; beyond it the least used are forgotten
 /// (and verified again when they come back).
@@ -191,18 +190,19 @@ impl TokenKeys {
     /// Verifies `token` and returns who it names: from the cache of verified tokens while it
     /// has not expired, else by checking its signature and claims.
     pub fn verify(&self, token: &str) -> Result<Identity, TokenError> {
-        if let Some((identity, exp)) = self.verified.get(token) {
-            // The same rule as jsonwebtoken's with no leeway: expired once `exp` < now.
-            return if exp < now_secs() {
+        if let Some((identity, until)) = self.verified.get(token) {
+            // jsonwebtoken's rule: expired once `exp` (plus the leeway, for a provider's
+            // token) is in the past.
+            return if until < now_secs() {
                 self.verified.remove(token);
                 Err(TokenError::Expired)
             } else {
                 Ok(identity)
             };
         }
-        let (identity, exp) = self.check(token)?;
+        let (identity, until) = self.check(token)?;
         self.verified
-            .insert(token.to_owned(), (identity.clone(), exp));
+            .insert(token.to_owned(), (identity.clone(), until));
         Ok(identity)
     }
 

@@ -53,7 +53,7 @@ pub struct OrderConfig {
     /// (`REDIS_MARKER_REPLICAS`, default 0: no wait), within `marker_replica_wait`
     /// (`REDIS_MARKER_WAIT_MS`, default 100). With replicas and failover, a marker the promoted
     /// replica never received is a marker lost (docs/reliability.md).
-    pub marker_replicas: u32,
+    pub marker_replicas: usize,
     /// See `marker_replicas`.
     pub marker_replica_wait: Duration,
 }

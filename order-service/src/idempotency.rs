@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use futures_util::future::join_all;
 use redis::AsyncCommands;
-use rlock::RedisConnection;
+use rlock::{RedisConnection, ReplicaSync};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::{PgPool, Row};
@@ -106,9 +106,8 @@ pub struct ReplayCache {
     /// `<ORDER_KEY_PREFIX>:idem`: shops sharing one Redis keep their records (and their
     /// completeness markers) apart.
     idem: String,
-    /// Replicas that must acknowledge an in-flight marker, and for how long to wait (0: none).
-    marker_replicas: u32,
-    marker_wait: Duration,
+    /// Replicas that must acknowledge an in-flight marker, and for how long to wait.
+    marker_sync: Option<ReplicaSync>,
 }
 
 /// What a key's record holds while its first attempt may still be in flight: written before
@@ -127,17 +126,18 @@ impl ReplayCache {
             ttl,
             stock_prefix: stock_prefix.to_owned(),
             idem: format!("{prefix}:idem"),
-            marker_replicas: 0,
-            marker_wait: Duration::ZERO,
+            marker_sync: None,
         }
     }
 
     /// Make [`ReplayCache::mark_in_flight`] wait until `replicas` replicas hold the marker
     /// (Redis `WAIT`, at most `wait`), and fail when fewer do.
     #[must_use]
-    pub fn with_marker_replicas(mut self, replicas: u32, wait: Duration) -> Self {
-        self.marker_replicas = replicas;
-        self.marker_wait = wait;
+    pub fn with_marker_replicas(mut self, replicas: usize, wait: Duration) -> Self {
+        self.marker_sync = (replicas > 0).then_some(ReplicaSync {
+            replicas,
+            timeout: wait,
+        });
         self
     }
 
@@ -200,23 +200,17 @@ impl ReplayCache {
             .arg(self.ttl.as_secs().max(1))
             .query_async(&mut conn)
             .await?;
-        if self.marker_replicas == 0 {
+        let Some(sync) = self.marker_sync else {
             return Ok(());
-        }
+        };
         // WAIT covers every earlier write of this connection, the marker (or the record that
-        // was already there) included; on a cluster it runs on the master of the marker's slot.
-        let mut wait = redis::cmd("WAIT");
-        wait.arg(self.marker_replicas).arg(
-            u64::try_from(self.marker_wait.as_millis())
-                .unwrap_or(u64::MAX)
-                .max(1),
-        );
-        let acked: i64 = conn.query_for_key(&wait, &record).await?;
-        if acked < i64::from(self.marker_replicas) {
+        // was already there) included.
+        let acked = conn.wait_for_replicas(&record, sync).await?;
+        if acked < sync.replicas {
             return Err(redis::RedisError::from((
                 redis::ErrorKind::Client,
                 "in-flight marker not replicated",
-                format!("{acked} of {} replicas acknowledged", self.marker_replicas),
+                format!("{acked} of {} replicas acknowledged", sync.replicas),
             )));
         }
         Ok(())

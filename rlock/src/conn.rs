@@ -10,6 +10,8 @@ use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, Slot, SlotAddr};
 use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
 
+use crate::ReplicaSync;
+
 pub use crate::rebuild::SingleConnection;
 
 /// A connection to a single Redis or to a Redis Cluster; cheap to clone, usable with any
@@ -72,6 +74,18 @@ impl RedisConnection {
                 Ok(redis::from_redis_value(value)?)
             }
         }
+    }
+
+    /// `WAIT` on the master of `key`'s slot after a write of `key`: how many replicas
+    /// acknowledged this connection's writes so far, waiting at most `sync.timeout` for
+    /// `sync.replicas` of them.
+    pub async fn wait_for_replicas(&mut self, key: &str, sync: ReplicaSync) -> RedisResult<usize> {
+        let timeout_ms = u64::try_from(sync.timeout.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(sync.replicas).arg(timeout_ms);
+        self.query_for_key(&wait, key).await
     }
 }
 

@@ -405,12 +405,7 @@ impl LockShared {
     /// `WAIT` for replicas after a new acquisition; release again if too few acknowledge.
     async fn wait_for_replicas(&self, sync: crate::ReplicaSync, token: u64) -> Result<()> {
         let mut conn = self.client.conn.clone();
-        let timeout_ms = u64::try_from(sync.timeout.as_millis()).unwrap_or(u64::MAX);
-        // On a cluster, WAIT must run on the master of this lock's slot.
-        let mut wait = redis::cmd("WAIT");
-        wait.arg(sync.replicas).arg(timeout_ms);
-        let acked: redis::RedisResult<usize> = conn.query_for_key(&wait, &self.keys.lock).await;
-        let acked = match acked {
+        let acked = match conn.wait_for_replicas(&self.keys.lock, sync).await {
             Ok(n) if n >= sync.replicas => return Ok(()),
             Ok(n) => n,
             Err(err) => {
